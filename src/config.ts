@@ -1,0 +1,231 @@
+/**
+ * Every setting of the server, read from the environment in this one module.
+ *
+ * Each entry carries its environment variable, default and doc, so the README table
+ * and `--help` come from the same place. A bad value stops startup with a message that
+ * names the variable and what it accepts.
+ */
+
+/** One setting: where it comes from, what it accepts and what it means. */
+interface Setting<T> {
+  readonly env: string;
+  readonly doc: string;
+  /** The default as written in docs; `undefined` means "unset". */
+  readonly defaultText: string;
+  readonly parse: (raw: string | undefined) => T;
+}
+
+/** Thrown for a setting whose value is not acceptable; the message names the variable. */
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+function integer(env: string, def: number, min: number, max: number, doc: string): Setting<number> {
+  return {
+    env,
+    doc,
+    defaultText: String(def),
+    parse(raw) {
+      if (raw === undefined || raw.trim() === "") return def;
+      const s = raw.trim();
+      const n = Number(s);
+      if (!/^-?\d+$/.test(s) || !Number.isSafeInteger(n) || n < min || n > max) {
+        throw new ConfigError(
+          `${env}=${JSON.stringify(raw)} is not valid: expected a whole number from ${min} to ${max}`,
+        );
+      }
+      return n;
+    },
+  };
+}
+
+function text(env: string, def: string, doc: string): Setting<string> {
+  return {
+    env,
+    doc,
+    defaultText: def === "" ? "(unset)" : def,
+    parse: (raw) => (raw === undefined || raw.trim() === "" ? def : raw.trim()),
+  };
+}
+
+function optionalUrl(
+  env: string,
+  protocols: readonly string[],
+  doc: string,
+): Setting<string | undefined> {
+  return {
+    env,
+    doc,
+    defaultText: "(unset)",
+    parse(raw) {
+      if (raw === undefined || raw.trim() === "") return undefined;
+      let url: URL;
+      try {
+        url = new URL(raw.trim());
+      } catch {
+        throw new ConfigError(`${env} is not a valid URL: expected ${protocols.join(" or ")}//…`);
+      }
+      if (!protocols.includes(url.protocol)) {
+        throw new ConfigError(
+          `${env} has protocol ${url.protocol}: expected ${protocols.join(" or ")}//…`,
+        );
+      }
+      return raw.trim();
+    },
+  };
+}
+
+/** The settings, in the order the docs list them. */
+export const settings = {
+  port: integer(
+    "PORT",
+    8080,
+    0,
+    65535,
+    "TCP port for every protocol (gRPC, Connect, gRPC-Web, WebSocket, HTTP).",
+  ),
+  host: text("HOST", "127.0.0.1", "Address to listen on; `0.0.0.0` or `::` for every interface."),
+  databaseUrl: optionalUrl(
+    "DATABASE_URL",
+    ["postgres:", "postgresql:"],
+    "PostgreSQL connection URL. Unset: the embedded PGlite database in `TRIPWIRE_DATA_DIR`.",
+  ),
+  dataDir: text(
+    "TRIPWIRE_DATA_DIR",
+    ".data/pglite",
+    "Directory of the embedded database (used only without `DATABASE_URL`).",
+  ),
+  dbPoolSize: integer(
+    "TRIPWIRE_DB_POOL_SIZE",
+    10,
+    1,
+    1000,
+    "Maximum PostgreSQL connections of this instance.",
+  ),
+  maxEventAgeSeconds: integer(
+    "TRIPWIRE_MAX_EVENT_AGE_SECONDS",
+    300,
+    1,
+    31_536_000,
+    "Events older than this (by their timestamp) are rejected.",
+  ),
+  maxFutureSkewSeconds: integer(
+    "TRIPWIRE_MAX_FUTURE_SKEW_SECONDS",
+    60,
+    0,
+    86_400,
+    "Events this far ahead of the server clock are rejected.",
+  ),
+  flushIntervalMs: integer(
+    "TRIPWIRE_FLUSH_INTERVAL_MS",
+    100,
+    1,
+    60_000,
+    "The batch writer commits pending alerts at least this often.",
+  ),
+  batchSize: integer(
+    "TRIPWIRE_BATCH_SIZE",
+    1000,
+    1,
+    100_000,
+    "The batch writer commits as soon as this many alerts are pending.",
+  ),
+  maxConcurrentFlushes: integer(
+    "TRIPWIRE_MAX_CONCURRENT_FLUSHES",
+    2,
+    1,
+    64,
+    "Batches being committed at once (PostgreSQL; the embedded database runs one at a time).",
+  ),
+  maxInFlightPerStream: integer(
+    "TRIPWIRE_MAX_IN_FLIGHT_PER_STREAM",
+    1000,
+    1,
+    1_000_000,
+    "Un-ACKed events per agent stream; at the bound the server stops reading that stream until replies go out.",
+  ),
+  maxPendingEvents: integer(
+    "TRIPWIRE_MAX_PENDING_EVENTS",
+    100_000,
+    1,
+    10_000_000,
+    "Events waiting for the batch writer across all streams; at the bound streams wait before reading more.",
+  ),
+  maxEventDetailBytes: integer(
+    "TRIPWIRE_MAX_EVENT_DETAIL_BYTES",
+    65_536,
+    2,
+    16_777_216,
+    "Largest accepted event_detail_json.",
+  ),
+  maxRuleNameLength: integer(
+    "TRIPWIRE_MAX_RULE_NAME_LENGTH",
+    256,
+    1,
+    65_536,
+    "Longest accepted rule_name, in characters.",
+  ),
+  maxMessageBytes: integer(
+    "TRIPWIRE_MAX_MESSAGE_BYTES",
+    1_048_576,
+    1024,
+    268_435_456,
+    "Largest RPC message the server reads or writes.",
+  ),
+  subscriberBuffer: integer(
+    "TRIPWIRE_SUBSCRIBER_BUFFER",
+    64,
+    1,
+    1_000_000,
+    "Per-WebSocket-subscriber buffer, in committed batches; a full buffer drops alerts for that subscriber alone.",
+  ),
+  wsHighWaterBytes: integer(
+    "TRIPWIRE_WS_HIGH_WATER_BYTES",
+    1_048_576,
+    1024,
+    1_073_741_824,
+    "Bytes queued on one WebSocket before the server waits for the browser to read them.",
+  ),
+  shutdownTimeoutMs: integer(
+    "TRIPWIRE_SHUTDOWN_TIMEOUT_MS",
+    10_000,
+    0,
+    600_000,
+    "On shutdown, how long open streams may finish before they are ended.",
+  ),
+  logLevel: text(
+    "TRIPWIRE_LOG_LEVEL",
+    "info",
+    "One of fatal, error, warn, info, debug, trace, silent.",
+  ),
+} as const;
+
+type Settings = typeof settings;
+
+/** The validated configuration of one server. */
+export type Config = { readonly [K in keyof Settings]: ReturnType<Settings[K]["parse"]> };
+
+const logLevels = new Set(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
+
+/**
+ * Reads and validates every setting from `env` (usually `process.env`).
+ * Throws a ConfigError naming the first bad variable.
+ */
+export function loadConfig(env: Readonly<Record<string, string | undefined>>): Config {
+  const out: Record<string, unknown> = {};
+  for (const [key, setting] of Object.entries(settings)) {
+    out[key] = setting.parse(env[setting.env]);
+  }
+  const config = out as Config;
+  if (!logLevels.has(config.logLevel)) {
+    throw new ConfigError(
+      `TRIPWIRE_LOG_LEVEL=${JSON.stringify(config.logLevel)} is not valid: expected one of ${[...logLevels].join(", ")}`,
+    );
+  }
+  return config;
+}
+
+/** The default configuration, with `overrides` applied: for tests and embedding. */
+export function configWith(overrides: Partial<Config> = {}): Config {
+  return { ...loadConfig({}), ...overrides };
+}

@@ -1,0 +1,201 @@
+/**
+ * The AlertService that agents call: RegisterAgent and the pipelined StreamAlerts.
+ */
+import { create } from "@bufbuild/protobuf";
+import {
+  Code,
+  ConnectError,
+  createContextKey,
+  type HandlerContext,
+  type ServiceImpl,
+} from "@connectrpc/connect";
+import {
+  type AgentEvent,
+  type AlertService,
+  RegisterResponseSchema,
+  type ServerCommand,
+  ServerCommandSchema,
+} from "../gen/alert/alert_pb.js";
+import type { Logger } from "../logger.js";
+import type { AlertStore } from "../storage/alert-store.js";
+import { nowMicros } from "../storage/alert-types.js";
+import type { BatchWriter, WriteError } from "../storage/batch-writer.js";
+import type { HostDirectory } from "./host-directory.js";
+import { type ValidationLimits, validateEvent } from "./validation.js";
+
+/**
+ * The CN of the connection's verified client certificate, set by the transport when
+ * TLS with client authentication is on. When present it is the agent's hostname.
+ */
+export const verifiedClientCn = createContextKey<string | undefined>(undefined, {
+  description: "CN of the verified client certificate",
+});
+
+/** Dependencies and settings of the AlertService. */
+export interface AlertServiceDeps {
+  readonly store: AlertStore;
+  readonly writer: BatchWriter;
+  readonly hosts: HostDirectory;
+  readonly log: Logger;
+  readonly limits: ValidationLimits & { readonly maxInFlightPerStream: number };
+}
+
+const maxHostFieldLength = 253;
+const maxMetaFieldLength = 256;
+const encoder = new TextEncoder();
+
+/** Builds the ACK for `alertId` (as the agent sent it, so it can match its queue). */
+export function ackCommand(alertId: string): ServerCommand {
+  return create(ServerCommandSchema, {
+    type: "ACK",
+    payload: encoder.encode(`{"alert_id":${JSON.stringify(alertId)}}`),
+  });
+}
+
+/** Builds the ERROR for `alertId` with a reason the operator can act on. */
+export function errorCommand(alertId: string, error: string): ServerCommand {
+  return create(ServerCommandSchema, {
+    type: "ERROR",
+    payload: encoder.encode(JSON.stringify({ alert_id: alertId, error })),
+  });
+}
+
+/** Implements the AlertService over the shared batch writer. */
+export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof AlertService> {
+  const { store, writer, hosts, log, limits } = deps;
+
+  return {
+    async registerAgent(req, ctx) {
+      const hostname = ctx.values.get(verifiedClientCn) ?? req.hostname;
+      checkField("hostname", hostname, maxHostFieldLength, true);
+      checkField("platform", req.platform, maxMetaFieldLength, false);
+      checkField("agent_version", req.agentVersion, maxMetaFieldLength, false);
+      const { hostId } = await store.upsertHost({
+        hostname,
+        platform: req.platform,
+        agentVersion: req.agentVersion,
+      });
+      hosts.remember(hostId, hostname);
+      log.info({ hostname, hostId, agentVersion: req.agentVersion }, "agent registered");
+      return create(RegisterResponseSchema, { hostId, serverTimeUs: nowMicros() });
+    },
+
+    streamAlerts(requests, ctx) {
+      return streamReplies(requests, ctx, { writer, hosts, limits });
+    },
+  };
+}
+
+function checkField(name: string, value: string, max: number, required: boolean): void {
+  if (required && value.trim() === "") {
+    throw new ConnectError(`${name} is required`, Code.InvalidArgument);
+  }
+  if (value.length > max) {
+    throw new ConnectError(`${name} is longer than ${max} characters`, Code.InvalidArgument);
+  }
+  if (value.includes("\u0000")) {
+    throw new ConnectError(`${name} must not contain NUL characters`, Code.InvalidArgument);
+  }
+}
+
+/**
+ * One agent stream. A reader task pulls events continuously (agents pipeline) and
+ * hands valid ones to the batch writer; replies are yielded as their batches commit,
+ * in whatever order that happens. The reader stops pulling while the stream has
+ * `maxInFlightPerStream` events without a reply written, so HTTP/2 flow control
+ * slows the agent instead of memory growing.
+ */
+async function* streamReplies(
+  requests: AsyncIterable<AgentEvent>,
+  ctx: HandlerContext,
+  deps: Pick<AlertServiceDeps, "writer" | "hosts" | "limits">,
+): AsyncGenerator<ServerCommand> {
+  const { writer, hosts, limits } = deps;
+  const replies: ServerCommand[] = [];
+  let inFlight = 0;
+  let readerDone = false;
+  let readerError: unknown;
+  let wakeWriter: (() => void) | undefined;
+  let wakeReader: (() => void) | undefined;
+
+  const reply = (cmd: ServerCommand): void => {
+    replies.push(cmd);
+    const wake = wakeWriter;
+    wakeWriter = undefined;
+    wake?.();
+  };
+
+  const read = async (): Promise<void> => {
+    const it = requests[Symbol.asyncIterator]();
+    for (;;) {
+      if (inFlight >= limits.maxInFlightPerStream) {
+        await new Promise<void>((resolve) => {
+          wakeReader = resolve;
+        });
+        if (ctx.signal.aborted) return;
+      }
+      const next = await it.next();
+      if (next.done) return;
+      const ev = next.value;
+      inFlight++;
+      const verdict = validateEvent(ev, nowMicros(), limits);
+      if (!verdict.ok) {
+        reply(errorCommand(ev.alertId, verdict.error));
+        continue;
+      }
+      const event = verdict.event;
+      const hostname = hosts.cached(event.hostId) ?? (await hosts.lookup(event.hostId));
+      if (hostname === undefined) {
+        reply(
+          errorCommand(ev.alertId, "host_id is not a registered host; call RegisterAgent first"),
+        );
+        continue;
+      }
+      const sentId = ev.alertId;
+      writer.enqueue({ ...event, hostname, receivedAtUs: nowMicros() }, (error?: WriteError) => {
+        reply(error === undefined ? ackCommand(sentId) : errorCommand(sentId, error.message));
+      });
+      if (!writer.hasRoom()) await writer.waitForRoom();
+    }
+  };
+
+  const onAbort = (): void => {
+    wakeReader?.();
+    wakeWriter?.();
+  };
+  ctx.signal.addEventListener("abort", onAbort, { once: true });
+  void read().then(
+    () => {
+      readerDone = true;
+      wakeWriter?.();
+    },
+    (err: unknown) => {
+      readerError = err;
+      readerDone = true;
+      wakeWriter?.();
+    },
+  );
+
+  try {
+    for (;;) {
+      const cmd = replies.shift();
+      if (cmd !== undefined) {
+        yield cmd;
+        inFlight--;
+        const wake = wakeReader;
+        wakeReader = undefined;
+        wake?.();
+        continue;
+      }
+      if (ctx.signal.aborted) return;
+      if (readerDone && inFlight === 0) break;
+      if (readerDone && readerError !== undefined) break;
+      await new Promise<void>((resolve) => {
+        wakeWriter = resolve;
+      });
+    }
+    if (readerError !== undefined) throw readerError;
+  } finally {
+    ctx.signal.removeEventListener("abort", onAbort);
+  }
+}

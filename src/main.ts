@@ -1,0 +1,48 @@
+/**
+ * The server process: reads the configuration, opens the database, listens, and shuts
+ * down gracefully on SIGTERM/SIGINT. The only file that touches `process`.
+ */
+import { ConfigError, loadConfig } from "./config.js";
+import { buildServer } from "./server.js";
+import { openDatabase } from "./storage/database.js";
+
+async function main(): Promise<void> {
+  const config = loadConfig(process.env);
+  const database = await openDatabase(
+    config.databaseUrl !== undefined
+      ? { url: config.databaseUrl, poolSize: config.dbPoolSize }
+      : { dataDir: config.dataDir },
+  );
+  const { app } = await buildServer({ config, database });
+  let stopping = false;
+  const stop = async (signal: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    app.log.info({ signal }, "shutting down");
+    try {
+      await app.close();
+      await database.close();
+      process.exitCode = 0;
+    } catch (err) {
+      app.log.error({ err }, "shutdown failed");
+      process.exitCode = 1;
+    }
+  };
+  process.once("SIGTERM", () => void stop("SIGTERM"));
+  process.once("SIGINT", () => void stop("SIGINT"));
+
+  const address = await app.listen({ port: config.port, host: config.host });
+  app.log.info(
+    { address, database: database.kind },
+    `tripwire-dashboard listening on ${address} (database: ${database.kind}; gRPC, gRPC-Web, Connect, WebSocket /ws)`,
+  );
+}
+
+main().catch((err: unknown) => {
+  if (err instanceof ConfigError) {
+    console.error(`configuration error: ${err.message}`);
+  } else {
+    console.error("tripwire-dashboard failed to start:", err);
+  }
+  process.exitCode = 1;
+});

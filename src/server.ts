@@ -1,0 +1,150 @@
+/**
+ * buildServer: the whole server as a Fastify instance that has not started listening.
+ * main.ts is the only place that reads the environment, listens and handles signals.
+ */
+import type { TLSSocket } from "node:tls";
+import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
+import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
+import websocket from "@fastify/websocket";
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
+import { type Broadcaster, InProcessBroadcaster } from "./broadcast/broadcaster.js";
+import type { Config } from "./config.js";
+import { AlertService } from "./gen/alert/alert_pb.js";
+import { createOnePortServer } from "./http/one-port.js";
+import { createAlertService, verifiedClientCn } from "./ingest/alert-service.js";
+import { HostDirectory } from "./ingest/host-directory.js";
+import { closeGoingAway, registerWsRoute } from "./live/ws-route.js";
+import { type AlertStore, createAlertStore } from "./storage/alert-store.js";
+import { BatchWriter } from "./storage/batch-writer.js";
+import type { Database } from "./storage/database.js";
+
+/** What the server is built from. The caller owns `database` and closes it after the app. */
+export interface ServerDeps {
+  readonly config: Config;
+  readonly database: Database;
+  /** Defaults to an InProcessBroadcaster with the configured buffer. */
+  readonly broadcaster?: Broadcaster;
+  /** Defaults to the store over `database`; tests pass a failing one. */
+  readonly store?: AlertStore;
+  /** Fastify logger settings; defaults to pino at the configured level. */
+  readonly logger?: FastifyServerOptions["logger"];
+}
+
+/** The built server and the parts tests and main.ts reach into. */
+export interface Server {
+  readonly app: FastifyInstance;
+  readonly broadcaster: Broadcaster;
+  readonly writer: BatchWriter;
+}
+
+/**
+ * Builds the server: AlertService (gRPC, gRPC-Web, Connect) and the WebSocket feed on one
+ * port, health routes, and the batch writer between them. Call `app.listen()` to serve
+ * and `app.close()` to stop; closing flushes the writer so every answered event is stored.
+ */
+export async function buildServer(deps: ServerDeps): Promise<Server> {
+  const { config, database } = deps;
+  const app = Fastify({
+    logger: deps.logger ?? { level: config.logLevel },
+    serverFactory: (handler) =>
+      createOnePortServer(handler, {
+        closeGraceMs: config.shutdownTimeoutMs,
+        prefaceTimeoutMs: 10_000,
+      }),
+    // Closing answers new requests with 503 by setting `Connection: close`, which is not
+    // allowed on HTTP/2 responses; our close path refuses new streams with GOAWAY instead.
+    return503OnClosing: false,
+    forceCloseConnections: true,
+    bodyLimit: config.maxMessageBytes,
+  });
+
+  const log = app.log;
+  const store = deps.store ?? createAlertStore(database);
+  const broadcaster =
+    deps.broadcaster ??
+    new InProcessBroadcaster({
+      bufferSize: config.subscriberBuffer,
+      log: log.child({ component: "broadcaster" }),
+    });
+  const writer = new BatchWriter(store, {
+    flushIntervalMs: config.flushIntervalMs,
+    batchSize: config.batchSize,
+    // The embedded database runs one statement at a time; more would only queue.
+    maxConcurrentFlushes: database.kind === "pglite" ? 1 : config.maxConcurrentFlushes,
+    maxPending: config.maxPendingEvents,
+    onCommitted: (alerts) => broadcaster.publishBatch(alerts),
+    log: log.child({ component: "batch-writer" }),
+  });
+  const hosts = new HostDirectory(store);
+
+  app.get("/healthz", async () => ({ status: "ok" }));
+  app.get("/readyz", async (_req, reply) => {
+    try {
+      await withTimeout(database.ping(), 2_000);
+      return { status: "ready", database: database.kind };
+    } catch (err) {
+      reply.code(503);
+      return { status: "unavailable", error: `database unreachable: ${(err as Error).message}` };
+    }
+  });
+
+  await app.register(fastifyConnectPlugin, {
+    routes(router) {
+      router.service(
+        AlertService,
+        createAlertService({
+          store,
+          writer,
+          hosts,
+          log: log.child({ component: "alert-service" }),
+          limits: config,
+        }),
+      );
+    },
+    readMaxBytes: config.maxMessageBytes,
+    writeMaxBytes: config.maxMessageBytes,
+    shutdownTimeoutMs: config.shutdownTimeoutMs,
+    shutdownError: new ConnectError("server is shutting down; reconnect", Code.Unavailable),
+    contextValues(req) {
+      const values = createContextValues();
+      const socket = req.raw.socket as Partial<TLSSocket> | null;
+      // The seam for mTLS: only a certificate the TLS layer verified counts.
+      if (socket?.authorized === true && typeof socket.getPeerCertificate === "function") {
+        const cn = socket.getPeerCertificate().subject?.CN;
+        if (typeof cn === "string" && cn !== "") values.set(verifiedClientCn, cn);
+      }
+      return values;
+    },
+  });
+
+  await app.register(websocket, {
+    options: { maxPayload: 64 * 1024 },
+    preClose(done) {
+      for (const client of this.websocketServer.clients) {
+        client.close(closeGoingAway, "server shutting down");
+      }
+      done();
+    },
+  });
+  registerWsRoute(app, {
+    broadcaster,
+    log: log.child({ component: "ws" }),
+    highWaterBytes: config.wsHighWaterBytes,
+  });
+
+  app.addHook("onClose", async () => {
+    // Every event a stream has read is committed (and answered) before the database goes.
+    await writer.close();
+    broadcaster.close();
+  });
+
+  return { app, broadcaster, writer };
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}

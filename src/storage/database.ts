@@ -1,0 +1,105 @@
+/**
+ * Opens the database (PostgreSQL through a node-postgres pool, or the embedded PGlite)
+ * and applies the migrations in drizzle/ before anything else touches it.
+ */
+import { fileURLToPath } from "node:url";
+import { PGlite } from "@electric-sql/pglite";
+import { type SQL, sql } from "drizzle-orm";
+import { drizzle as drizzleNodePg } from "drizzle-orm/node-postgres";
+import { migrate as migrateNodePg } from "drizzle-orm/node-postgres/migrator";
+import type { PgDatabase, PgQueryResultHKT } from "drizzle-orm/pg-core";
+import { drizzle as drizzlePglite } from "drizzle-orm/pglite";
+import { migrate as migratePglite } from "drizzle-orm/pglite/migrator";
+import pg from "pg";
+
+/** Where the committed migrations live, from src/storage or dist/storage alike. */
+export const migrationsFolder = fileURLToPath(new URL("../../drizzle", import.meta.url));
+
+/** Which engine is behind a Database. */
+export type DatabaseKind = "postgres" | "pglite";
+
+/** A migrated database and the one way the server talks to it. */
+export interface Database {
+  readonly kind: DatabaseKind;
+  /** The Drizzle handle, for queries built with Drizzle's builders or `sql`. */
+  readonly db: PgDatabase<PgQueryResultHKT>;
+  /** Runs one statement and returns its rows (both drivers return `.rows`). */
+  rows<T>(query: SQL): Promise<T[]>;
+  /** Resolves when the database answers a trivial query. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** How to reach the database. */
+export type DatabaseOptions =
+  | { readonly url: string; readonly poolSize?: number; readonly statementTimeoutMs?: number }
+  | { readonly dataDir: string | undefined };
+
+// Any constant works: instances starting at once take turns applying migrations.
+const migrationLockKey = 7_402_195_311;
+
+/**
+ * Opens and migrates the database: PostgreSQL when `url` is given, otherwise the
+ * embedded PGlite in `dataDir` (in memory when `dataDir` is undefined).
+ */
+export async function openDatabase(options: DatabaseOptions): Promise<Database> {
+  return "url" in options ? openPostgres(options) : openPglite(options.dataDir);
+}
+
+async function openPostgres(options: { url: string; poolSize?: number }): Promise<Database> {
+  const pool = new pg.Pool({
+    connectionString: options.url,
+    max: options.poolSize ?? 10,
+    connectionTimeoutMillis: 10_000,
+    // Without this a dropped idle connection emits 'error' and ends the process.
+    allowExitOnIdle: false,
+  });
+  pool.on("error", () => {
+    // An idle client lost its connection; the pool replaces it on next use.
+  });
+  const client = await pool.connect();
+  try {
+    await client.query("select pg_advisory_lock($1)", [migrationLockKey]);
+    try {
+      await migrateNodePg(drizzleNodePg(client), { migrationsFolder });
+    } finally {
+      await client.query("select pg_advisory_unlock($1)", [migrationLockKey]);
+    }
+  } finally {
+    client.release();
+  }
+  const db = drizzleNodePg(pool);
+  return {
+    kind: "postgres",
+    db,
+    async rows<T>(query: SQL) {
+      return (await db.execute(query)).rows as T[];
+    },
+    async ping() {
+      await db.execute(sql`select 1`);
+    },
+    async close() {
+      await pool.end();
+    },
+  };
+}
+
+async function openPglite(dataDir: string | undefined): Promise<Database> {
+  const client = dataDir === undefined ? new PGlite() : new PGlite(dataDir);
+  await client.waitReady;
+  const db = drizzlePglite(client);
+  await migratePglite(db, { migrationsFolder });
+  return {
+    kind: "pglite",
+    db,
+    async rows<T>(query: SQL) {
+      return (await db.execute(query)).rows as T[];
+    },
+    async ping() {
+      await db.execute(sql`select 1`);
+    },
+    async close() {
+      await client.close();
+    },
+  };
+}
