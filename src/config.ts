@@ -59,16 +59,15 @@ function optionalUrl(
     defaultText: "(unset)",
     parse(raw) {
       if (raw === undefined || raw.trim() === "") return undefined;
+      const expected = protocols.map((p) => `${p}//…`).join(" or ");
       let url: URL;
       try {
         url = new URL(raw.trim());
       } catch {
-        throw new ConfigError(`${env} is not a valid URL: expected ${protocols.join(" or ")}//…`);
+        throw new ConfigError(`${env} is not a valid URL: expected ${expected}`);
       }
       if (!protocols.includes(url.protocol)) {
-        throw new ConfigError(
-          `${env} has protocol ${url.protocol}: expected ${protocols.join(" or ")}//…`,
-        );
+        throw new ConfigError(`${env} has protocol ${url.protocol.slice(0, -1)}: expected ${expected}`);
       }
       return raw.trim();
     },
@@ -228,4 +227,12 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
 /** The default configuration, with `overrides` applied: for tests and embedding. */
 export function configWith(overrides: Partial<Config> = {}): Config {
   return { ...loadConfig({}), ...overrides };
+}
+
+/** The settings as a Markdown table (README, `--help`): one row per variable. */
+export function settingsTable(): string {
+  const rows = Object.values(settings).map(
+    (s) => `| \`${s.env}\` | ${s.defaultText === "(unset)" ? "(unset)" : `\`${s.defaultText}\``} | ${s.doc} |`,
+  );
+  return ["| Variable | Default | Meaning |", "|---|---|---|", ...rows].join("\n");
 }

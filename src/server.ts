@@ -76,6 +76,13 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
     log: log.child({ component: "batch-writer" }),
   });
   const hosts = new HostDirectory(store);
+  const shutdown = new AbortController();
+  app.addHook("preClose", async () => {
+    // Agent streams stop reading and answer what they read; commit it now rather than
+    // at the next interval, so they can end with UNAVAILABLE promptly.
+    shutdown.abort();
+    void writer.flush();
+  });
 
   app.get("/healthz", async () => ({ status: "ok" }));
   app.get("/readyz", async (_req, reply) => {
@@ -98,6 +105,7 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
           hosts,
           log: log.child({ component: "alert-service" }),
           limits: config,
+          shutdown: shutdown.signal,
         }),
       );
     },

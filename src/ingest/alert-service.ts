@@ -38,6 +38,11 @@ export interface AlertServiceDeps {
   readonly hosts: HostDirectory;
   readonly log: Logger;
   readonly limits: ValidationLimits & { readonly maxInFlightPerStream: number };
+  /**
+   * Aborted when the server begins to shut down: streams stop reading, answer what
+   * they have read once it is committed, then end with UNAVAILABLE so agents reconnect.
+   */
+  readonly shutdown: AbortSignal;
 }
 
 const maxHostFieldLength = 253;
@@ -62,7 +67,7 @@ export function errorCommand(alertId: string, error: string): ServerCommand {
 
 /** Implements the AlertService over the shared batch writer. */
 export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof AlertService> {
-  const { store, writer, hosts, log, limits } = deps;
+  const { store, writer, hosts, log, limits, shutdown } = deps;
 
   return {
     async registerAgent(req, ctx) {
@@ -81,7 +86,7 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
     },
 
     streamAlerts(requests, ctx) {
-      return streamReplies(requests, ctx, { writer, hosts, limits });
+      return streamReplies(requests, ctx, { writer, hosts, limits, shutdown });
     },
   };
 }
@@ -108,13 +113,14 @@ function checkField(name: string, value: string, max: number, required: boolean)
 async function* streamReplies(
   requests: AsyncIterable<AgentEvent>,
   ctx: HandlerContext,
-  deps: Pick<AlertServiceDeps, "writer" | "hosts" | "limits">,
+  deps: Pick<AlertServiceDeps, "writer" | "hosts" | "limits" | "shutdown">,
 ): AsyncGenerator<ServerCommand> {
-  const { writer, hosts, limits } = deps;
+  const { writer, hosts, limits, shutdown } = deps;
   const replies: ServerCommand[] = [];
   let inFlight = 0;
   let readerDone = false;
   let readerError: unknown;
+  let stoppedByShutdown = false;
   let wakeWriter: (() => void) | undefined;
   let wakeReader: (() => void) | undefined;
 
@@ -133,9 +139,18 @@ async function* streamReplies(
           wakeReader = resolve;
         });
         if (ctx.signal.aborted) return;
+        if (shutdown.aborted) {
+          stoppedByShutdown = true;
+          return;
+        }
       }
       const next = await it.next();
+      // An event read after shutdown began is left unanswered: the agent sends it again.
       if (next.done) return;
+      if (shutdown.aborted) {
+        stoppedByShutdown = true;
+        return;
+      }
       const ev = next.value;
       inFlight++;
       const verdict = validateEvent(ev, nowMicros(), limits);
@@ -164,6 +179,7 @@ async function* streamReplies(
     wakeWriter?.();
   };
   ctx.signal.addEventListener("abort", onAbort, { once: true });
+  shutdown.addEventListener("abort", onAbort, { once: true });
   void read().then(
     () => {
       readerDone = true;
@@ -188,7 +204,10 @@ async function* streamReplies(
         continue;
       }
       if (ctx.signal.aborted) return;
-      if (readerDone && inFlight === 0) break;
+      if (readerDone && inFlight === 0 && !stoppedByShutdown) break;
+      if (shutdown.aborted && inFlight === 0) {
+        throw new ConnectError("server is shutting down; reconnect", Code.Unavailable);
+      }
       if (readerDone && readerError !== undefined) break;
       await new Promise<void>((resolve) => {
         wakeWriter = resolve;
@@ -197,5 +216,6 @@ async function* streamReplies(
     if (readerError !== undefined) throw readerError;
   } finally {
     ctx.signal.removeEventListener("abort", onAbort);
+    shutdown.removeEventListener("abort", onAbort);
   }
 }

@@ -124,8 +124,11 @@ export function validateEvent(ev: AgentEvent, nowUs: bigint, limits: ValidationL
   };
 }
 
+// RFC 3339 has four-digit years: 0000-01-01 to 9999-12-31, in microseconds.
+const describableMin = -62_167_219_200_000_000n;
+const describableEnd = 253_402_300_800_000_000n;
+
 function describeMicros(us: bigint): string {
-  // Far-off values would make Date throw; say so instead.
-  const limit = 8_640_000_000_000_000_000n;
-  return us > -limit && us < limit ? formatMicros(us) : "out of range";
+  // Past year 9999 Date writes a six-digit year (or throws); say so instead.
+  return us >= describableMin && us < describableEnd ? formatMicros(us) : "out of range";
 }
