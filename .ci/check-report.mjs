@@ -25,5 +25,7 @@ for (const { service, marker } of required) {
     console.log(`${ran} tests ran against ${service}`);
   }
 }
-console.log(`${tests.filter((t) => t.status === "passed").length} passed, ${failed.length} failed, ${notRun.length} skipped`);
+console.log(
+  `${tests.filter((t) => t.status === "passed").length} passed, ${failed.length} failed, ${notRun.length} skipped`,
+);
 process.exit(ok ? 0 : 1);

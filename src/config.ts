@@ -67,7 +67,9 @@ function optionalUrl(
         throw new ConfigError(`${env} is not a valid URL: expected ${expected}`);
       }
       if (!protocols.includes(url.protocol)) {
-        throw new ConfigError(`${env} has protocol ${url.protocol.slice(0, -1)}: expected ${expected}`);
+        throw new ConfigError(
+          `${env} has protocol ${url.protocol.slice(0, -1)}: expected ${expected}`,
+        );
       }
       return raw.trim();
     },
@@ -232,7 +234,8 @@ export function configWith(overrides: Partial<Config> = {}): Config {
 /** The settings as a Markdown table (README, `--help`): one row per variable. */
 export function settingsTable(): string {
   const rows = Object.values(settings).map(
-    (s) => `| \`${s.env}\` | ${s.defaultText === "(unset)" ? "(unset)" : `\`${s.defaultText}\``} | ${s.doc} |`,
+    (s) =>
+      `| \`${s.env}\` | ${s.defaultText === "(unset)" ? "(unset)" : `\`${s.defaultText}\``} | ${s.doc} |`,
   );
   return ["| Variable | Default | Meaning |", "|---|---|---|", ...rows].join("\n");
 }

@@ -30,9 +30,17 @@ describe("loadConfig", () => {
   it.each([
     ["PORT", "http", /PORT="http" is not valid: expected a whole number from 0 to 65535/],
     ["PORT", "70000", /PORT="70000" is not valid/],
-    ["TRIPWIRE_BATCH_SIZE", "0", /TRIPWIRE_BATCH_SIZE="0" is not valid: expected a whole number from 1/],
+    [
+      "TRIPWIRE_BATCH_SIZE",
+      "0",
+      /TRIPWIRE_BATCH_SIZE="0" is not valid: expected a whole number from 1/,
+    ],
     ["TRIPWIRE_FLUSH_INTERVAL_MS", "1.5", /TRIPWIRE_FLUSH_INTERVAL_MS="1.5" is not valid/],
-    ["DATABASE_URL", "mysql://x/y", /DATABASE_URL has protocol mysql: expected postgres:\/\/… or postgresql:\/\/…/],
+    [
+      "DATABASE_URL",
+      "mysql://x/y",
+      /DATABASE_URL has protocol mysql: expected postgres:\/\/… or postgresql:\/\/…/,
+    ],
     ["DATABASE_URL", "not a url", /DATABASE_URL is not a valid URL/],
     ["TRIPWIRE_LOG_LEVEL", "loud", /TRIPWIRE_LOG_LEVEL="loud" is not valid: expected one of/],
   ])("stops on a bad %s=%s with a message naming the variable", (name, value, message) => {
