@@ -76,6 +76,19 @@ function optionalUrl(
   };
 }
 
+function list(env: string, doc: string): Setting<readonly string[]> {
+  return {
+    env,
+    doc,
+    defaultText: "(unset)",
+    parse: (raw) =>
+      (raw ?? "")
+        .split(",")
+        .map((v) => v.trim())
+        .filter((v) => v !== ""),
+  };
+}
+
 /** The settings, in the order the docs list them. */
 export const settings = {
   port: integer(
@@ -186,6 +199,66 @@ export const settings = {
     1024,
     1_073_741_824,
     "Bytes queued on one WebSocket before the server waits for the browser to read them.",
+  ),
+  wsReplayLimit: integer(
+    "TRIPWIRE_WS_REPLAY_LIMIT",
+    10_000,
+    1,
+    10_000_000,
+    "Most alerts a /ws client can catch up on with `since` (or load with `history`); further behind, it is told to reload.",
+  ),
+  wsHeartbeatMs: integer(
+    "TRIPWIRE_WS_HEARTBEAT_MS",
+    15_000,
+    100,
+    3_600_000,
+    "Interval of WebSocket pings (and `heartbeat` messages); a connection that misses one is terminated.",
+  ),
+  wsSlowCloseMs: integer(
+    "TRIPWIRE_WS_SLOW_CLOSE_MS",
+    10_000,
+    100,
+    3_600_000,
+    "A /ws client that keeps losing alerts for this long is closed with code 4008.",
+  ),
+  wsMaxMessageBytes: integer(
+    "TRIPWIRE_WS_MAX_MESSAGE_BYTES",
+    16_384,
+    128,
+    16_777_216,
+    "Largest message a /ws client may send (larger: close code 1009).",
+  ),
+  wsTokens: list(
+    "TRIPWIRE_WS_TOKENS",
+    "Comma-separated access tokens for /ws (`?token=` or `Authorization: Bearer`). Unset: the feed is open, and a warning is logged.",
+  ),
+  wsAllowedOrigins: list(
+    "TRIPWIRE_WS_ALLOWED_ORIGINS",
+    "Comma-separated `Origin` values allowed to open /ws (e.g. `https://soc.example.com`). Unset: any.",
+  ),
+  redisUrl: optionalUrl(
+    "REDIS_URL",
+    ["redis:", "rediss:"],
+    "Redis for several instances: alerts committed by one reach the /ws clients of all.",
+  ),
+  redisChannel: text(
+    "TRIPWIRE_REDIS_CHANNEL",
+    "tripwire:alerts",
+    "Redis pub/sub channel of the live feed.",
+  ),
+  feedGapRepairMs: integer(
+    "TRIPWIRE_FEED_GAP_REPAIR_MS",
+    250,
+    1,
+    60_000,
+    "How long the live feed waits for a missing batch from another instance before reading it from the database.",
+  ),
+  feedPollMs: integer(
+    "TRIPWIRE_FEED_POLL_MS",
+    1_000,
+    0,
+    3_600_000,
+    "How often the live feed checks the database for alerts that no message announced (other instances, Redis outages); 0: never.",
   ),
   shutdownTimeoutMs: integer(
     "TRIPWIRE_SHUTDOWN_TIMEOUT_MS",

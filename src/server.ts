@@ -7,23 +7,23 @@ import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import websocket from "@fastify/websocket";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
-import { type Broadcaster, InProcessBroadcaster } from "./broadcast/broadcaster.js";
+import { type LiveFeed, startLiveFeed } from "./broadcast/live-feed.js";
 import type { Config } from "./config.js";
 import { AlertService } from "./gen/alert/alert_pb.js";
 import { createOnePortServer } from "./http/one-port.js";
 import { createAlertService, verifiedClientCn } from "./ingest/alert-service.js";
 import { HostDirectory } from "./ingest/host-directory.js";
-import { closeGoingAway, registerWsRoute } from "./live/ws-route.js";
+import { subprotocolV1 } from "./live/feed-params.js";
+import { closeGoingAway, registerWsRoute, type WsStats } from "./live/ws-route.js";
 import { type AlertStore, createAlertStore } from "./storage/alert-store.js";
 import { BatchWriter } from "./storage/batch-writer.js";
 import type { Database } from "./storage/database.js";
+import { createFeedStore } from "./storage/feed-store.js";
 
 /** What the server is built from. The caller owns `database` and closes it after the app. */
 export interface ServerDeps {
   readonly config: Config;
   readonly database: Database;
-  /** Defaults to an InProcessBroadcaster with the configured buffer. */
-  readonly broadcaster?: Broadcaster;
   /** Defaults to the store over `database`; tests pass a failing one. */
   readonly store?: AlertStore;
   /** Fastify logger settings; defaults to pino at the configured level. */
@@ -33,8 +33,10 @@ export interface ServerDeps {
 /** The built server and the parts tests and main.ts reach into. */
 export interface Server {
   readonly app: FastifyInstance;
-  readonly broadcaster: Broadcaster;
+  /** The live feed: the Broadcaster of committed alerts, sequenced across instances. */
+  readonly broadcaster: LiveFeed;
   readonly writer: BatchWriter;
+  readonly wsStats: WsStats;
 }
 
 /**
@@ -60,12 +62,18 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
 
   const log = app.log;
   const store = deps.store ?? createAlertStore(database);
-  const broadcaster =
-    deps.broadcaster ??
-    new InProcessBroadcaster({
-      bufferSize: config.subscriberBuffer,
-      log: log.child({ component: "broadcaster" }),
-    });
+  const feedStore = createFeedStore(database);
+  const broadcaster = await startLiveFeed({
+    source: feedStore,
+    bufferSize: config.subscriberBuffer,
+    gapRepairMs: config.feedGapRepairMs,
+    pollMs: config.feedPollMs,
+    redis:
+      config.redisUrl === undefined
+        ? undefined
+        : { url: config.redisUrl, channel: config.redisChannel },
+    log: log.child({ component: "live-feed" }),
+  });
   const writer = new BatchWriter(store, {
     flushIntervalMs: config.flushIntervalMs,
     batchSize: config.batchSize,
@@ -77,11 +85,18 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
   });
   const hosts = new HostDirectory(store);
   const shutdown = new AbortController();
+  // Aborts whatever RPC is still open once the shutdown timeout has passed.
+  const rpcDeadline = new AbortController();
   app.addHook("preClose", async () => {
     // Agent streams stop reading and answer what they read; commit it now rather than
     // at the next interval, so they can end with UNAVAILABLE promptly.
     shutdown.abort();
     void writer.flush();
+    setTimeout(
+      () =>
+        rpcDeadline.abort(new ConnectError("server is shutting down; reconnect", Code.Unavailable)),
+      config.shutdownTimeoutMs,
+    ).unref();
   });
 
   app.get("/healthz", async () => ({ status: "ok" }));
@@ -111,8 +126,9 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
     },
     readMaxBytes: config.maxMessageBytes,
     writeMaxBytes: config.maxMessageBytes,
-    shutdownTimeoutMs: config.shutdownTimeoutMs,
-    shutdownError: new ConnectError("server is shutting down; reconnect", Code.Unavailable),
+    // Our own signal, not the plugin's shutdownTimeoutMs, whose timer keeps the process
+    // alive for the whole timeout even when every stream has ended.
+    shutdownSignal: rpcDeadline.signal,
     contextValues(req) {
       const values = createContextValues();
       const socket = req.raw.socket as Partial<TLSSocket> | null;
@@ -126,7 +142,11 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
   });
 
   await app.register(websocket, {
-    options: { maxPayload: 64 * 1024 },
+    options: {
+      maxPayload: config.wsMaxMessageBytes,
+      handleProtocols: (offered: Set<string>) =>
+        offered.has(subprotocolV1) ? subprotocolV1 : false,
+    },
     preClose(done) {
       for (const client of this.websocketServer.clients) {
         client.close(closeGoingAway, "server shutting down");
@@ -134,10 +154,18 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
       done();
     },
   });
-  registerWsRoute(app, {
-    broadcaster,
+  const wsStats = registerWsRoute(app, {
+    feed: broadcaster,
+    store: feedStore,
     log: log.child({ component: "ws" }),
-    highWaterBytes: config.wsHighWaterBytes,
+    settings: {
+      highWaterBytes: config.wsHighWaterBytes,
+      replayLimit: config.wsReplayLimit,
+      heartbeatMs: config.wsHeartbeatMs,
+      slowCloseMs: config.wsSlowCloseMs,
+      tokens: config.wsTokens,
+      allowedOrigins: config.wsAllowedOrigins,
+    },
   });
 
   app.addHook("onClose", async () => {
@@ -146,7 +174,7 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
     broadcaster.close();
   });
 
-  return { app, broadcaster, writer };
+  return { app, broadcaster, writer, wsStats };
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {

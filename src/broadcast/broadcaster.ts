@@ -12,26 +12,42 @@
  */
 
 import type { Logger } from "../logger.js";
-import type { StoredAlert } from "../storage/alert-types.js";
+import { type LiveAlert, LiveBatch } from "./live-batch.js";
 
-/** A live feed of committed alerts for one consumer. */
-export interface Subscription extends AsyncIterable<StoredAlert> {
-  /** The alerts one batch at a time, so a writer can send a whole flush at once. */
-  batches(): AsyncIterable<readonly StoredAlert[]>;
-  /** Alerts dropped for this subscriber because its buffer was full. */
-  readonly dropped: number;
+/** What a subscriber missed since it was last told: `count` alerts in [fromSeq, toSeq]. */
+export interface DropReport {
+  readonly count: number;
+  readonly fromSeq: number;
+  readonly toSeq: number;
 }
 
-/** The fan-out seam: in-process today, Redis pub/sub for several instances. */
+/** A live feed of committed alerts for one consumer. */
+export interface Subscription extends AsyncIterable<LiveAlert> {
+  /** The alerts one batch at a time, so a writer can send a whole flush at once. */
+  batches(): AsyncIterable<LiveBatch>;
+  /** Alerts dropped for this subscriber because its buffer was full. */
+  readonly dropped: number;
+  /** The drops since the last call (undefined when none), so the consumer can be told. */
+  takeDrops(): DropReport | undefined;
+  /** Since when (Date.now()) this subscriber has been dropping without catching up, or 0. */
+  readonly droppingSince: number;
+}
+
+/** Why alerts were not delivered to a subscriber. */
+export type DropReason = "buffer_full";
+
+/** The fan-out seam: in-process, or sequenced across instances over Redis. */
 export interface Broadcaster {
   /** Subscribes until `signal` aborts or the broadcaster closes. */
   subscribe(signal: AbortSignal): Subscription;
   /** Publishes one committed alert. O(subscribers), never blocks. */
-  publish(alert: StoredAlert): void;
+  publish(alert: LiveAlert): void;
   /** Publishes one committed batch as a single buffer slot per subscriber. */
-  publishBatch(alerts: readonly StoredAlert[]): void;
+  publishBatch(batch: LiveBatch | readonly LiveAlert[]): void;
   /** Number of live subscribers. */
   readonly size: number;
+  /** Alerts dropped for slow subscribers, by reason, since start. */
+  readonly drops: Readonly<Record<DropReason, number>>;
   /** Ends every subscription (after what it already buffered). */
   close(): void;
 }
@@ -48,13 +64,15 @@ export interface BroadcasterOptions {
 const done: IteratorReturnResult<undefined> = { done: true, value: undefined };
 
 class Subscriber implements Subscription {
-  readonly #queue: Array<readonly StoredAlert[]> = [];
+  readonly #queue: LiveBatch[] = [];
   #head = 0;
-  #waiting: ((batch: readonly StoredAlert[] | undefined) => void) | undefined;
+  #waiting: ((batch: LiveBatch | undefined) => void) | undefined;
   #ended = false;
   #dropped = 0;
   #droppedSinceWarn = 0;
   #lastWarn = 0;
+  #report: { count: number; fromSeq: number; toSeq: number } | undefined;
+  #droppingSince = 0;
 
   constructor(
     readonly id: number,
@@ -62,14 +80,25 @@ class Subscriber implements Subscription {
     private readonly log: Logger,
     private readonly warnIntervalMs: number,
     private readonly detach: (s: Subscriber) => void,
+    private readonly counted: (n: number) => void,
   ) {}
 
   get dropped(): number {
     return this.#dropped;
   }
 
+  get droppingSince(): number {
+    return this.#droppingSince;
+  }
+
+  takeDrops(): DropReport | undefined {
+    const report = this.#report;
+    this.#report = undefined;
+    return report;
+  }
+
   /** Hot path: O(1), never blocks. */
-  offer(batch: readonly StoredAlert[]): void {
+  offer(batch: LiveBatch): void {
     if (this.#ended) return;
     const waiting = this.#waiting;
     if (waiting !== undefined) {
@@ -81,9 +110,20 @@ class Subscriber implements Subscription {
       this.#queue.push(batch);
       return;
     }
-    this.#dropped += batch.length;
-    this.#droppedSinceWarn += batch.length;
+    const n = batch.alerts.length;
+    this.#dropped += n;
+    this.#droppedSinceWarn += n;
+    this.counted(n);
+    const first = batch.alerts[0] as LiveAlert;
+    const last = batch.alerts[n - 1] as LiveAlert;
+    if (this.#report === undefined)
+      this.#report = { count: n, fromSeq: first.seq, toSeq: last.seq };
+    else {
+      this.#report.count += n;
+      this.#report.toSeq = last.seq;
+    }
     const now = Date.now();
+    if (this.#droppingSince === 0) this.#droppingSince = now;
     if (now - this.#lastWarn >= this.warnIntervalMs) {
       this.log.warn(
         { subscriber: this.id, dropped: this.#droppedSinceWarn, droppedTotal: this.#dropped },
@@ -110,9 +150,11 @@ class Subscriber implements Subscription {
     this.end();
   }
 
-  #take(): Promise<readonly StoredAlert[] | undefined> {
+  #take(): Promise<LiveBatch | undefined> {
+    // The consumer is taking again: it is catching up, not stalled.
+    this.#droppingSince = 0;
     if (this.#head < this.#queue.length) {
-      const batch = this.#queue[this.#head] as readonly StoredAlert[];
+      const batch = this.#queue[this.#head] as LiveBatch;
       this.#head++;
       if (this.#head === this.#queue.length) {
         this.#queue.length = 0;
@@ -129,7 +171,7 @@ class Subscriber implements Subscription {
     });
   }
 
-  batches(): AsyncIterable<readonly StoredAlert[]> {
+  batches(): AsyncIterable<LiveBatch> {
     return {
       [Symbol.asyncIterator]: () => ({
         next: async () => {
@@ -144,18 +186,18 @@ class Subscriber implements Subscription {
     };
   }
 
-  [Symbol.asyncIterator](): AsyncIterator<StoredAlert> {
-    let current: readonly StoredAlert[] = [];
+  [Symbol.asyncIterator](): AsyncIterator<LiveAlert> {
+    let current: readonly LiveAlert[] = [];
     let index = 0;
     return {
       next: async () => {
         while (index >= current.length) {
           const batch = await this.#take();
           if (batch === undefined) return done;
-          current = batch;
+          current = batch.alerts;
           index = 0;
         }
-        const value = current[index] as StoredAlert;
+        const value = current[index] as LiveAlert;
         index++;
         return { done: false, value };
       },
@@ -171,6 +213,7 @@ class Subscriber implements Subscription {
 export class InProcessBroadcaster implements Broadcaster {
   readonly #subscribers = new Set<Subscriber>();
   readonly #options: BroadcasterOptions;
+  readonly #drops: Record<DropReason, number> = { buffer_full: 0 };
   #nextId = 1;
   #closed = false;
 
@@ -182,6 +225,10 @@ export class InProcessBroadcaster implements Broadcaster {
     return this.#subscribers.size;
   }
 
+  get drops(): Readonly<Record<DropReason, number>> {
+    return this.#drops;
+  }
+
   subscribe(signal: AbortSignal): Subscription {
     const sub = new Subscriber(
       this.#nextId++,
@@ -189,6 +236,9 @@ export class InProcessBroadcaster implements Broadcaster {
       this.#options.log,
       this.#options.warnIntervalMs ?? 5000,
       (s) => this.#subscribers.delete(s),
+      (n) => {
+        this.#drops.buffer_full += n;
+      },
     );
     if (this.#closed || signal.aborted) {
       sub.end();
@@ -199,13 +249,15 @@ export class InProcessBroadcaster implements Broadcaster {
     return sub;
   }
 
-  publish(alert: StoredAlert): void {
-    this.publishBatch([alert]);
+  publish(alert: LiveAlert): void {
+    this.publishBatch(LiveBatch.of([alert]));
   }
 
-  publishBatch(alerts: readonly StoredAlert[]): void {
-    if (alerts.length === 0) return;
-    for (const sub of this.#subscribers) sub.offer(alerts);
+  publishBatch(batch: LiveBatch | readonly LiveAlert[]): void {
+    const live =
+      batch instanceof LiveBatch ? batch : batch.length > 0 ? LiveBatch.of(batch) : undefined;
+    if (live === undefined || live.alerts.length === 0) return;
+    for (const sub of this.#subscribers) sub.offer(live);
   }
 
   close(): void {

@@ -1,59 +1,377 @@
 /**
- * GET /ws: the live alert feed for browsers. Each connection subscribes to the
- * broadcaster and writes every committed alert as one JSON text frame,
- * `{"type":"alert","data":{…}}` (the wire contract).
+ * GET /ws: the live alert feed (docs/websocket.md).
+ *
+ * Each connection subscribes to the live feed first, then replays from the database up
+ * to the feed's watermark (everything published before it subscribed), then forwards
+ * live batches above the watermark: no gap and no duplicate at the switch. Version 0
+ * clients get one `{"type":"alert","data":…}` frame per alert (the wire contract);
+ * version 1 clients get one `alerts` frame per batch plus control messages.
  */
-import type { FastifyInstance } from "fastify";
+import { createHash, timingSafeEqual } from "node:crypto";
+import type { Socket } from "node:net";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { WebSocket } from "ws";
-import type { Broadcaster } from "../broadcast/broadcaster.js";
+import type { Subscription } from "../broadcast/broadcaster.js";
+import type { LiveAlert, LiveBatch } from "../broadcast/live-batch.js";
+import { alertsFrame } from "../broadcast/live-batch.js";
+import type { LiveFeed } from "../broadcast/live-feed.js";
 import type { Logger } from "../logger.js";
+import type { FeedStore } from "../storage/feed-store.js";
+import { describeFilter, type FeedFilter, isOpen, matches } from "./feed-filter.js";
+import { FeedParamError, type FeedParams, parseFeedParams, parseFilter } from "./feed-params.js";
 
-/** Close code sent to browsers when the server shuts down (RFC 6455 "going away"). */
+/** Close code sent when the server shuts down (RFC 6455 "going away"). */
 export const closeGoingAway = 1001;
+/** Close code for a client that fell behind for too long (or, in version 0, missed alerts). */
+export const closeTooSlow = 4008;
 
-/** Dependencies and settings of the WebSocket route. */
-export interface WsRouteDeps {
-  readonly broadcaster: Broadcaster;
-  readonly log: Logger;
-  /** Bytes queued on one socket before the writer waits for the browser to read. */
+/** Settings of the feed route. */
+export interface WsSettings {
   readonly highWaterBytes: number;
+  readonly replayLimit: number;
+  readonly heartbeatMs: number;
+  readonly slowCloseMs: number;
+  /** Accepted tokens; empty: the feed is open. */
+  readonly tokens: readonly string[];
+  /** Accepted Origin headers; empty: any. */
+  readonly allowedOrigins: readonly string[];
 }
 
-/** Registers GET /ws on an app that has @fastify/websocket. */
-export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): void {
-  app.get("/ws", { websocket: true }, (socket) => {
-    void feed(socket, deps);
+/** Dependencies of the feed route. */
+export interface WsRouteDeps {
+  readonly feed: LiveFeed;
+  readonly store: FeedStore;
+  readonly log: Logger;
+  readonly settings: WsSettings;
+}
+
+/** Counters of the feed route, for metrics and tests. */
+export interface WsStats {
+  /** Connections closed with 4008 because they stayed behind. */
+  slowClosed: number;
+  /** Connections terminated because they did not answer a ping. */
+  deadTerminated: number;
+}
+
+interface Connection {
+  readonly socket: WebSocket;
+  readonly version: 0 | 1;
+  alive: boolean;
+  lastSentAt: number;
+  lastSeq: number;
+  subscription: Subscription | undefined;
+}
+
+const replayPage = 1_000;
+
+function digest(token: string): Buffer {
+  return createHash("sha256").update(token).digest();
+}
+
+/** Registers GET /ws on an app that has @fastify/websocket; returns its counters. */
+export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStats {
+  const { settings, log } = deps;
+  const stats: WsStats = { slowClosed: 0, deadTerminated: 0 };
+  const tokenDigests = settings.tokens.map(digest);
+  const connections = new Set<Connection>();
+  const params = new WeakMap<FastifyRequest, FeedParams>();
+
+  if (settings.tokens.length === 0) {
+    log.warn(
+      {},
+      "the /ws alert feed is open to anyone who can reach this port: set TRIPWIRE_WS_TOKENS",
+    );
+  }
+
+  // Checked before the upgrade, so a refused client gets a plain HTTP answer.
+  const admit = async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    const origin = req.headers.origin;
+    if (
+      settings.allowedOrigins.length > 0 &&
+      origin !== undefined &&
+      !settings.allowedOrigins.includes(origin)
+    ) {
+      await reply.code(403).send({ error: `origin ${origin} is not allowed` });
+      return;
+    }
+    if (tokenDigests.length > 0) {
+      const query = req.query as Record<string, string | undefined>;
+      const header = req.headers.authorization;
+      const token = header?.startsWith("Bearer ") ? header.slice(7).trim() : query.token;
+      const given = token === undefined ? undefined : digest(token);
+      if (given === undefined || !tokenDigests.some((d) => timingSafeEqual(d, given))) {
+        await reply
+          .code(401)
+          .send({ error: token === undefined ? "a token is required" : "the token is not valid" });
+        return;
+      }
+    }
+    try {
+      const offered = String(req.headers["sec-websocket-protocol"] ?? "")
+        .split(",")
+        .map((p) => p.trim());
+      params.set(
+        req,
+        parseFeedParams(req.query as Record<string, string>, offered, settings.replayLimit),
+      );
+    } catch (err) {
+      if (!(err instanceof FeedParamError)) throw err;
+      await reply.code(400).send({ error: err.message });
+    }
+  };
+
+  app.get("/ws", { websocket: true, preValidation: admit }, (socket, req) => {
+    const p = params.get(req);
+    if (p === undefined) {
+      socket.close(1011, "missing parameters");
+      return;
+    }
+    const conn: Connection = {
+      socket,
+      version: p.version,
+      alive: true,
+      lastSentAt: Date.now(),
+      lastSeq: 0,
+      subscription: undefined,
+    };
+    connections.add(conn);
+    socket.once("close", () => connections.delete(conn));
+    socket.on("pong", () => {
+      conn.alive = true;
+    });
+    void serve(conn, p, req.socket, deps).catch((err: unknown) => {
+      log.warn({ err }, "feed connection failed");
+      socket.terminate();
+    });
   });
-}
 
-async function feed(socket: WebSocket, deps: WsRouteDeps): Promise<void> {
-  const abort = new AbortController();
-  socket.once("close", () => abort.abort());
-  // Inbound messages are not part of this protocol version; a client error ends the socket.
-  socket.on("error", () => socket.terminate());
-  const subscription = deps.broadcaster.subscribe(abort.signal);
-  try {
-    for await (const batch of subscription.batches()) {
-      if (socket.readyState !== socket.OPEN) break;
-      let last: Promise<void> | undefined;
-      for (let i = 0; i < batch.length; i++) {
-        const alert = batch[i];
-        if (alert === undefined) continue;
-        // The frame string is built once per alert and shared by every subscriber.
-        if (i === batch.length - 1 && socket.bufferedAmount >= deps.highWaterBytes) {
-          last = new Promise<void>((resolve) => socket.send(alert.frame, () => resolve()));
-        } else {
-          socket.send(alert.frame);
+  // One timer for every connection: pings, heartbeats and the too-slow rule.
+  let lastPing = Date.now();
+  const tick = setInterval(
+    () => {
+      const now = Date.now();
+      const ping = now - lastPing >= settings.heartbeatMs;
+      if (ping) lastPing = now;
+      for (const conn of connections) {
+        const sub = conn.subscription;
+        if (sub !== undefined) {
+          const behind =
+            conn.version === 0
+              ? sub.dropped > 0
+              : sub.droppingSince > 0 && now - sub.droppingSince >= settings.slowCloseMs;
+          if (behind) {
+            stats.slowClosed++;
+            connections.delete(conn);
+            closeSlow(conn);
+            continue;
+          }
+        }
+        if (!ping) continue;
+        if (!conn.alive) {
+          stats.deadTerminated++;
+          connections.delete(conn);
+          conn.socket.terminate();
+          continue;
+        }
+        conn.alive = false;
+        conn.socket.ping();
+        if (conn.version === 1 && now - conn.lastSentAt >= settings.heartbeatMs) {
+          send(
+            conn,
+            `{"type":"heartbeat","server_time":"${new Date(now).toISOString()}","seq":${conn.lastSeq}}`,
+          );
         }
       }
-      // A browser that does not read makes this wait; meanwhile its subscription buffer
-      // fills and the broadcaster drops for it alone. Ingestion never waits here.
-      if (last !== undefined) await last;
+    },
+    Math.min(settings.heartbeatMs, 1_000),
+  );
+  tick.unref();
+  app.addHook("onClose", async () => clearInterval(tick));
+
+  return stats;
+}
+
+function closeSlow(conn: Connection): void {
+  conn.socket.close(closeTooSlow, `too slow; reconnect with since=${conn.lastSeq}`);
+  // A client that does not read will not read the close frame either.
+  setTimeout(() => conn.socket.terminate(), 2_000).unref();
+}
+
+function send(conn: Connection, frame: string, done?: () => void): void {
+  conn.lastSentAt = Date.now();
+  if (done === undefined) conn.socket.send(frame);
+  else conn.socket.send(frame, () => done());
+}
+
+/** Sends alerts (already filtered) in the connection's version; resolves when it may send more. */
+function sendAlerts(
+  conn: Connection,
+  alerts: readonly LiveAlert[],
+  wholeBatch: LiveBatch | undefined,
+  raw: Socket,
+  highWaterBytes: number,
+): Promise<void> | undefined {
+  const last = alerts[alerts.length - 1];
+  if (last === undefined) return undefined;
+  conn.lastSeq = last.seq;
+  // Past the high-water mark, the caller waits until this write reaches the socket.
+  const wait = conn.socket.bufferedAmount >= highWaterBytes;
+  if (conn.version === 1) {
+    // One frame per batch; a whole unfiltered batch reuses the frame shared by everyone.
+    const frame = wholeBatch !== undefined ? wholeBatch.frameV1 : alertsFrame(alerts);
+    if (!wait) {
+      send(conn, frame);
+      return undefined;
     }
+    return new Promise((resolve) => send(conn, frame, resolve));
+  }
+  // Version 0: one frame per alert, written to the socket in one go.
+  raw.cork();
+  let result: Promise<void> | undefined;
+  for (let i = 0; i < alerts.length; i++) {
+    const alert = alerts[i] as LiveAlert;
+    if (i === alerts.length - 1 && wait)
+      result = new Promise((resolve) => send(conn, alert.frame, resolve));
+    else send(conn, alert.frame);
+  }
+  raw.uncork();
+  return result;
+}
+
+async function serve(
+  conn: Connection,
+  p: FeedParams,
+  raw: Socket,
+  deps: WsRouteDeps,
+): Promise<void> {
+  const { feed, store, settings } = deps;
+  const { socket } = conn;
+  let filter: FeedFilter = p.filter;
+  const abort = new AbortController();
+  socket.once("close", () => abort.abort());
+  socket.on("error", () => socket.terminate());
+
+  // Subscribe before reading the watermark: every alert above it arrives live.
+  const subscription = feed.subscribe(abort.signal);
+  conn.subscription = subscription;
+  const upto = feed.watermark;
+
+  if (conn.version === 1) {
+    socket.on("message", (data, isBinary) => {
+      const reply = onClientMessage(String(data), isBinary);
+      if (reply.filter !== undefined) filter = reply.filter;
+      send(conn, reply.frame);
+    });
+    send(
+      conn,
+      JSON.stringify({
+        type: "hello",
+        protocol: 1,
+        server_time: new Date().toISOString(),
+        seq: upto,
+        heartbeat_ms: settings.heartbeatMs,
+        filters: describeFilter(filter),
+      }),
+    );
+  }
+
+  // Replay: since → every stored alert after it; history → the latest N.
+  let cursor = upto;
+  if (p.since !== undefined) {
+    if (p.since > upto || upto - p.since > settings.replayLimit) {
+      if (conn.version === 1) {
+        send(
+          conn,
+          JSON.stringify({
+            type: "reset",
+            reason: p.since > upto ? "cursor_ahead" : "replay_limit",
+            missed_from_seq: p.since + 1,
+            seq: upto,
+          }),
+        );
+      } else {
+        socket.close(
+          closeTooSlow,
+          `since is more than ${settings.replayLimit} alerts behind; reload`,
+        );
+        return;
+      }
+    } else {
+      let after = p.since;
+      while (after < upto && !abort.signal.aborted) {
+        const page = await store.alertsBetween(after, upto, replayPage, filter);
+        const last = page[page.length - 1];
+        if (last !== undefined)
+          await sendAlerts(conn, page, undefined, raw, settings.highWaterBytes);
+        after = page.length < replayPage || last === undefined ? upto : last.seq;
+      }
+    }
+  } else if (p.history > 0) {
+    const page = await store.latestAlerts(upto, p.history, filter);
+    await sendAlerts(conn, page, undefined, raw, settings.highWaterBytes);
+  }
+  conn.lastSeq = upto;
+  if (conn.version === 1) send(conn, `{"type":"live","seq":${upto}}`);
+
+  for await (const batch of subscription.batches()) {
+    if (socket.readyState !== socket.OPEN) break;
+    const drops = subscription.takeDrops();
+    if (drops !== undefined && conn.version === 1) {
+      send(
+        conn,
+        `{"type":"dropped","count":${drops.count},"from_seq":${drops.fromSeq},"to_seq":${drops.toSeq}}`,
+      );
+    }
+    if (batch.toSeq <= cursor) continue;
+    const fresh =
+      batch.fromSeq > cursor ? batch.alerts : batch.alerts.filter((a) => a.seq > cursor);
+    cursor = batch.toSeq;
+    const open = isOpen(filter);
+    const selected = open ? fresh : fresh.filter((a) => matches(filter, a));
+    const whole = open && fresh === batch.alerts ? batch : undefined;
+    const wait = sendAlerts(conn, selected, whole, raw, settings.highWaterBytes);
+    conn.lastSeq = batch.toSeq;
+    // A browser that does not read makes this wait; meanwhile its subscription buffer
+    // fills and drops for it alone. Ingestion never waits here.
+    if (wait !== undefined) await wait;
+  }
+}
+
+function onClientMessage(text: string, isBinary: boolean): { frame: string; filter?: FeedFilter } {
+  const error = (e: string) => ({ frame: JSON.stringify({ type: "error", error: e }) });
+  if (isBinary) return error("messages must be JSON text");
+  let msg: unknown;
+  try {
+    msg = JSON.parse(text);
+  } catch {
+    return error("message is not valid JSON");
+  }
+  if (
+    typeof msg !== "object" ||
+    msg === null ||
+    (msg as { type?: unknown }).type !== "set_filters"
+  ) {
+    return error('unknown message type; expected "set_filters"');
+  }
+  const m = msg as {
+    min_severity?: string | null;
+    host_ids?: string[] | null;
+    tripwire_types?: string[] | null;
+  };
+  try {
+    if (m.host_ids !== undefined && m.host_ids !== null && !Array.isArray(m.host_ids))
+      throw new FeedParamError("host_ids must be an array");
+    if (
+      m.tripwire_types !== undefined &&
+      m.tripwire_types !== null &&
+      !Array.isArray(m.tripwire_types)
+    ) {
+      throw new FeedParamError("tripwire_types must be an array");
+    }
+    const filter = parseFilter(m.min_severity, m.host_ids, m.tripwire_types);
+    return { frame: JSON.stringify({ type: "filters", filters: describeFilter(filter) }), filter };
   } catch (err) {
-    deps.log.warn({ err }, "websocket feed ended with an error");
-  } finally {
-    abort.abort();
-    if (socket.readyState === socket.OPEN) socket.close(closeGoingAway, "server shutting down");
+    if (err instanceof FeedParamError) return error(err.message);
+    throw err;
   }
 }

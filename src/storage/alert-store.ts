@@ -73,23 +73,13 @@ export function createAlertStore(database: Database): AlertStore {
         details[i] = a.eventDetailJson;
         receivedAts[i] = a.receivedAtUs.toString();
       }
+      // insert_alert_batch (drizzle/0001) numbers the new rows in commit order.
       const rows = await database.rows<{ alert_id: string; seq: string }>(sql`
-        insert into alerts
-          (alert_id, host_id, timestamp, tripwire_type, rule_name, severity, event_detail, received_at)
-        select u.alert_id, u.host_id,
-               timestamptz 'epoch' + u.ts * interval '1 microsecond',
-               u.tripwire_type, u.rule_name, u.severity, u.event_detail,
-               timestamptz 'epoch' + u.received * interval '1 microsecond'
-        from unnest(
+        select alert_id::text as alert_id, seq::text as seq from insert_alert_batch(
           ${sql.param(alertIds)}::uuid[], ${sql.param(hostIds)}::uuid[],
           ${sql.param(timestamps)}::int8[], ${sql.param(types)}::text[],
           ${sql.param(rules)}::text[], ${sql.param(severities)}::text[],
-          ${sql.param(details)}::jsonb[], ${sql.param(receivedAts)}::int8[]
-        ) with ordinality as u(alert_id, host_id, ts, tripwire_type, rule_name, severity,
-                               event_detail, received, ord)
-        order by u.ord
-        on conflict (alert_id) do nothing
-        returning alert_id::text as alert_id, seq::text as seq`);
+          ${sql.param(details)}::jsonb[], ${sql.param(receivedAts)}::int8[])`);
       const inserted = new Map<string, number>();
       for (const row of rows) inserted.set(row.alert_id, Number(row.seq));
       return inserted;

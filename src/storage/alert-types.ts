@@ -23,6 +23,7 @@ export interface NewAlert {
  */
 export class StoredAlert implements NewAlert {
   #frame: string | undefined;
+  #data: string | undefined;
 
   constructor(
     alert: NewAlert,
@@ -52,21 +53,21 @@ export class StoredAlert implements NewAlert {
 
   /** `{"type":"alert","data":{…}}`, the message of the wire contract, plus `seq`. */
   get frame(): string {
-    this.#frame ??= `{"type":"alert","data":${this.dataJson()}}`;
+    this.#frame ??= `{"type":"alert","data":${this.dataJson}}`;
     return this.#frame;
   }
 
-  /** The `data` object of the frame, as JSON text. */
-  dataJson(): string {
+  /** The alert object (the frame's `data`), as JSON text, built once. */
+  get dataJson(): string {
     // The detail is embedded as the JSON text that validation already parsed once;
     // every other string goes through JSON.stringify, since agents chose it.
-    return (
+    this.#data ??=
       `{"seq":${this.seq},"alert_id":"${this.alertId}","host_id":"${this.hostId}",` +
       `"hostname":${JSON.stringify(this.hostname)},"timestamp":"${formatMicros(this.timestampUs)}",` +
       `"tripwire_type":"${this.tripwireType}","rule_name":${JSON.stringify(this.ruleName)},` +
       `"severity":"${this.severity}","event_detail":${this.eventDetailJson},` +
-      `"received_at":"${formatMicros(this.receivedAtUs)}"}`
-    );
+      `"received_at":"${formatMicros(this.receivedAtUs)}"}`;
+    return this.#data;
   }
 }
 

@@ -3,7 +3,17 @@
  * (`npm run db:generate`); the server applies them at start.
  */
 import { sql } from "drizzle-orm";
-import { bigint, index, jsonb, pgTable, text, timestamp, uuid } from "drizzle-orm/pg-core";
+import {
+  bigint,
+  check,
+  index,
+  jsonb,
+  pgTable,
+  smallint,
+  text,
+  timestamp,
+  uuid,
+} from "drizzle-orm/pg-core";
 
 /** One row per monitored host; the hostname is its identity. */
 export const hosts = pgTable("hosts", {
@@ -19,14 +29,14 @@ export const hosts = pgTable("hosts", {
 
 /**
  * One row per alert. `alert_id` (the agent's UUID) is the idempotency key: a replayed
- * alert conflicts on it and is not stored twice. `seq` is assigned by the database at
- * insert and orders alerts for cursors.
+ * alert conflicts on it and is not stored twice. `seq` orders alerts for cursors; it is
+ * assigned by `insert_alert_batch()` (drizzle/0001) from `alert_seq`, in commit order.
  */
 export const alerts = pgTable(
   "alerts",
   {
     alertId: uuid("alert_id").primaryKey(),
-    seq: bigint("seq", { mode: "bigint" }).notNull().unique().generatedAlwaysAsIdentity(),
+    seq: bigint("seq", { mode: "bigint" }).notNull().unique(),
     hostId: uuid("host_id")
       .notNull()
       .references(() => hosts.hostId),
@@ -43,4 +53,17 @@ export const alerts = pgTable(
     index("alerts_host_seq_idx").on(t.hostId, t.seq),
     index("alerts_timestamp_idx").on(t.timestamp),
   ],
+);
+
+/**
+ * The last seq handed out: one row, locked by each batch insert until it commits, so
+ * batches take their numbers in commit order (docs/websocket.md, the resume guarantee).
+ */
+export const alertSeq = pgTable(
+  "alert_seq",
+  {
+    id: smallint("id").primaryKey(),
+    last: bigint("last", { mode: "bigint" }).notNull(),
+  },
+  (t) => [check("alert_seq_single_row", sql`${t.id} = 1`)],
 );

@@ -2,8 +2,10 @@
  * The in-process fan-out: non-blocking publish, bounded per-subscriber buffers,
  * cleanup on abort and close, and the shared WebSocket frame of each alert.
  */
+
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { InProcessBroadcaster, type Subscription } from "../../src/broadcast/broadcaster.js";
+import type { LiveAlert } from "../../src/broadcast/live-batch.js";
 import type { Logger } from "../../src/logger.js";
 import { type NewAlert, StoredAlert } from "../../src/storage/alert-types.js";
 
@@ -54,19 +56,19 @@ function alerts(n: number): StoredAlert[] {
 }
 
 /** Reads `subscription` until it ends, collecting every alert. */
-async function drain(subscription: Subscription): Promise<StoredAlert[]> {
-  const got: StoredAlert[] = [];
+async function drain(subscription: Subscription): Promise<LiveAlert[]> {
+  const got: LiveAlert[] = [];
   for await (const a of subscription) got.push(a);
   return got;
 }
 
 /** Reads `subscription` in the background; `until(n)` resolves once n alerts arrived. */
 function reader(subscription: Subscription): {
-  readonly received: StoredAlert[];
+  readonly received: LiveAlert[];
   until(n: number): Promise<void>;
   readonly ended: Promise<void>;
 } {
-  const received: StoredAlert[] = [];
+  const received: LiveAlert[] = [];
   const waiters: Array<{ n: number; resolve: () => void }> = [];
   const ended = (async () => {
     for await (const a of subscription) {
@@ -87,7 +89,7 @@ function reader(subscription: Subscription): {
   };
 }
 
-const seqs = (list: readonly StoredAlert[]): number[] => list.map((a) => a.seq);
+const seqs = (list: readonly LiveAlert[]): number[] => list.map((a) => a.seq);
 
 describe("InProcessBroadcaster", () => {
   afterEach(() => {
@@ -234,7 +236,7 @@ describe("InProcessBroadcaster", () => {
     expect(log.at("warn")[0]?.obj).toMatchObject({ dropped: 7, droppedTotal: 7 });
   });
 
-  it("batches() yields each committed batch whole, as the same array", async () => {
+  it("batches() yields each committed batch whole, with the same alerts array", async () => {
     const broadcaster = new InProcessBroadcaster({ bufferSize: 8, log: new RecordingLogger() });
     const subscription = broadcaster.subscribe(new AbortController().signal);
     const first = alerts(3);
@@ -244,8 +246,8 @@ describe("InProcessBroadcaster", () => {
     broadcaster.publishBatch(second);
     broadcaster.close();
 
-    const got: Array<readonly StoredAlert[]> = [];
-    for await (const batch of subscription.batches()) got.push(batch);
+    const got: Array<readonly LiveAlert[]> = [];
+    for await (const batch of subscription.batches()) got.push(batch.alerts);
     expect(got).toHaveLength(2);
     expect(got[0]).toBe(first);
     expect(got[1]).toBe(second);
@@ -256,7 +258,7 @@ describe("InProcessBroadcaster", () => {
     const a = broadcaster.subscribe(new AbortController().signal);
     const b = broadcaster.subscribe(new AbortController().signal);
     const published = alert();
-    const build = vi.spyOn(published, "dataJson");
+    const build = vi.spyOn(published, "dataJson", "get");
     broadcaster.publish(published);
     broadcaster.close();
 

@@ -4,9 +4,9 @@
  */
 import { sql } from "drizzle-orm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { LiveAlert } from "../../src/broadcast/live-batch.js";
 import type { AlertStore } from "../../src/storage/alert-store.js";
 import { createAlertStore } from "../../src/storage/alert-store.js";
-import type { StoredAlert } from "../../src/storage/alert-types.js";
 import { makeEvent, register, streamAll } from "../support/agent.js";
 import { backends, createTestDatabase, type TestDatabase } from "../support/databases.js";
 import { type RunningServer, startServer } from "../support/server.js";
@@ -35,7 +35,7 @@ describe.each(backends)("StreamAlerts [%s]", (kind) => {
     const client = server.grpcClient();
     const hostId = await register(client, "persist-host");
     const abort = new AbortController();
-    const received: StoredAlert[] = [];
+    const received: LiveAlert[] = [];
     const subscription = server.broadcaster.subscribe(abort.signal);
     const firstBroadcast = (async () => {
       for await (const alert of subscription) {
@@ -53,7 +53,7 @@ describe.each(backends)("StreamAlerts [%s]", (kind) => {
     expect(await storedIds()).toContain(event.alertId);
     expect(received).toHaveLength(1);
     expect(received[0]?.alertId).toBe(event.alertId);
-    expect(received[0]?.hostname).toBe("persist-host");
+    expect(JSON.parse(received[0]?.dataJson ?? "{}").hostname).toBe("persist-host");
     expect(received[0]?.seq).toBeGreaterThan(0);
   });
 

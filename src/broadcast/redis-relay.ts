@@ -1,0 +1,123 @@
+/**
+ * Carries committed batches between server instances over Redis pub/sub.
+ *
+ * Pub/sub is at-most-once: a message published while an instance is disconnected is
+ * gone. That is fine here: the sequencer notices the gap (or its poll does) and reads
+ * the missing alerts back from the database, so a Redis outage delays alerts from other
+ * instances but never loses them, and local alerts never depend on Redis at all.
+ */
+import { randomUUID } from "node:crypto";
+import { Redis } from "ioredis";
+import type { Logger } from "../logger.js";
+import { JsonAlert, type LiveAlert, LiveBatch } from "./live-batch.js";
+
+/** Settings of the relay. */
+export interface RedisRelayOptions {
+  readonly url: string;
+  readonly channel: string;
+  /** Receives batches committed by other instances. */
+  readonly onBatch: (batch: LiveBatch) => void;
+  /** Called when the subscription is (re)established: messages may have been missed. */
+  readonly onReconnect: () => void;
+  readonly log: Logger;
+}
+
+interface WireAlert {
+  seq: number;
+  alert_id: string;
+  host_id: string;
+  severity: string;
+  tripwire_type: string;
+}
+
+/** Publishes this instance's batches and delivers the others'. */
+export class RedisRelay {
+  /** Identifies this instance's own messages, which it already delivered locally. */
+  readonly instanceId = randomUUID();
+  readonly #pub: Redis;
+  readonly #sub: Redis;
+  readonly #options: RedisRelayOptions;
+  #connected = false;
+  /** Batches not sent because Redis was unreachable. */
+  unsent = 0;
+
+  constructor(options: RedisRelayOptions) {
+    this.#options = options;
+    const common = {
+      // Never queue commands while disconnected: a stale publish is worse than none.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 1,
+      retryStrategy: (times: number) => Math.min(100 * 2 ** times, 2_000),
+      lazyConnect: true,
+    };
+    this.#pub = new Redis(options.url, common);
+    this.#sub = new Redis(options.url, { ...common, enableOfflineQueue: true });
+    for (const client of [this.#pub, this.#sub]) {
+      client.on("error", (err: Error) => {
+        if (this.#connected) options.log.warn({ err: err.message }, "redis connection error");
+      });
+    }
+    this.#sub.on("ready", () => {
+      const wasConnected = this.#connected;
+      this.#connected = true;
+      if (!wasConnected) options.log.info({ channel: options.channel }, "redis relay connected");
+      options.onReconnect();
+    });
+    this.#sub.on("end", () => {
+      this.#connected = false;
+    });
+    this.#sub.on("close", () => {
+      if (this.#connected)
+        options.log.warn({}, "redis relay disconnected; repairing from the database");
+      this.#connected = false;
+    });
+    this.#sub.on("message", (_channel: string, message: string) => this.#receive(message));
+  }
+
+  /** Whether the subscription is up. */
+  get connected(): boolean {
+    return this.#connected;
+  }
+
+  /** Connects and subscribes; resolves once subscribed or rejects if Redis is unreachable. */
+  async start(): Promise<void> {
+    await Promise.all([this.#pub.connect(), this.#sub.connect()]);
+    await this.#sub.subscribe(this.#options.channel);
+  }
+
+  /** Sends a locally committed batch to the other instances. Never throws or waits. */
+  publish(batch: LiveBatch): void {
+    if (this.#pub.status !== "ready") {
+      this.unsent++;
+      return;
+    }
+    let items = "";
+    for (const a of batch.alerts) items += items === "" ? a.dataJson : `,${a.dataJson}`;
+    const message = `{"o":"${this.instanceId}","f":${batch.fromSeq},"t":${batch.toSeq},"a":[${items}]}`;
+    this.#pub.publish(this.#options.channel, message).catch(() => {
+      this.unsent++;
+    });
+  }
+
+  #receive(message: string): void {
+    let parsed: { o: string; f: number; t: number; a: WireAlert[] };
+    try {
+      parsed = JSON.parse(message);
+    } catch {
+      this.#options.log.warn({}, "ignored a malformed message on the redis channel");
+      return;
+    }
+    if (parsed.o === this.instanceId || !Array.isArray(parsed.a)) return;
+    const alerts: LiveAlert[] = parsed.a.map(
+      (a) =>
+        new JsonAlert(a.seq, a.alert_id, a.host_id, a.severity, a.tripwire_type, JSON.stringify(a)),
+    );
+    if (typeof parsed.f !== "number" || typeof parsed.t !== "number") return;
+    this.#options.onBatch(new LiveBatch(alerts, parsed.f, parsed.t));
+  }
+
+  async close(): Promise<void> {
+    this.#sub.disconnect();
+    this.#pub.disconnect();
+  }
+}
