@@ -13,6 +13,7 @@ import { AlertService } from "./gen/alert/alert_pb.js";
 import { createOnePortServer } from "./http/one-port.js";
 import { createAlertService, verifiedClientCn } from "./ingest/alert-service.js";
 import { HostDirectory } from "./ingest/host-directory.js";
+import { registerDashboardRoutes } from "./live/dashboard-route.js";
 import { subprotocolV1 } from "./live/feed-params.js";
 import { closeGoingAway, registerWsRoute, type WsStats } from "./live/ws-route.js";
 import { type AlertStore, createAlertStore } from "./storage/alert-store.js";
@@ -167,6 +168,8 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
       allowedOrigins: config.wsAllowedOrigins,
     },
   });
+
+  registerDashboardRoutes(app);
 
   app.addHook("onClose", async () => {
     // Every event a stream has read is committed (and answered) before the database goes.
