@@ -8,7 +8,11 @@ const tests = report.testResults.flatMap((file) =>
 );
 const notRun = tests.filter((t) => t.status !== "passed" && t.status !== "failed");
 const failed = tests.filter((t) => t.status === "failed");
-const required = [{ service: "PostgreSQL", marker: "[postgres]" }];
+const required = [
+  { service: "PostgreSQL", marker: "[postgres]" },
+  { service: "Redis", marker: "[redis]" },
+  { service: "Chromium", marker: "[chromium]" },
+];
 
 let ok = report.success === true && failed.length === 0;
 if (notRun.length > 0) {
