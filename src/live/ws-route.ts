@@ -95,9 +95,13 @@ export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStat
       return;
     }
     if (tokenDigests.length > 0) {
-      const query = req.query as Record<string, string | undefined>;
+      const fromQuery = (req.query as Record<string, unknown>).token;
       const header = req.headers.authorization;
-      const token = header?.startsWith("Bearer ") ? header.slice(7).trim() : query.token;
+      const token = header?.startsWith("Bearer ")
+        ? header.slice(7).trim()
+        : typeof fromQuery === "string"
+          ? fromQuery
+          : undefined;
       const given = token === undefined ? undefined : digest(token);
       if (given === undefined || !tokenDigests.some((d) => timingSafeEqual(d, given))) {
         await reply
@@ -192,7 +196,7 @@ export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStat
 }
 
 function closeSlow(conn: Connection): void {
-  conn.socket.close(closeTooSlow, `too slow; reconnect with since=${conn.lastSeq}`);
+  conn.socket.close(closeTooSlow, "too slow; reconnect with since=<last seq received>");
   // A client that does not read will not read the close frame either.
   setTimeout(() => conn.socket.terminate(), 2_000).unref();
 }
@@ -292,7 +296,9 @@ async function serve(
       } else {
         socket.close(
           closeTooSlow,
-          `since is more than ${settings.replayLimit} alerts behind; reload`,
+          p.since > upto
+            ? "since is ahead of the newest alert; reload"
+            : `since is more than ${settings.replayLimit} alerts behind; reload`,
         );
         return;
       }
