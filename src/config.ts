@@ -116,6 +116,13 @@ export const settings = {
     1000,
     "Maximum PostgreSQL connections of this instance.",
   ),
+  dbStatementTimeoutMs: integer(
+    "TRIPWIRE_DB_STATEMENT_TIMEOUT_MS",
+    5_000,
+    0,
+    3_600_000,
+    "PostgreSQL statement timeout (lock waits included): a stalled database answers events with ERROR after this long instead of leaving them waiting; 0: none.",
+  ),
   maxEventAgeSeconds: integer(
     "TRIPWIRE_MAX_EVENT_AGE_SECONDS",
     300,

@@ -10,7 +10,11 @@ async function main(): Promise<void> {
   const config = loadConfig(process.env);
   const database = await openDatabase(
     config.databaseUrl !== undefined
-      ? { url: config.databaseUrl, poolSize: config.dbPoolSize }
+      ? {
+          url: config.databaseUrl,
+          poolSize: config.dbPoolSize,
+          statementTimeoutMs: config.dbStatementTimeoutMs,
+        }
       : { dataDir: config.dataDir },
   );
   const { app } = await buildServer({ config, database });

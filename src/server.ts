@@ -6,6 +6,7 @@ import type { TLSSocket } from "node:tls";
 import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import websocket from "@fastify/websocket";
+import { sql } from "drizzle-orm";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
 import { type LiveFeed, startLiveFeed } from "./broadcast/live-feed.js";
 import type { Config } from "./config.js";
@@ -104,11 +105,21 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
   app.get("/readyz", async (_req, reply) => {
     try {
       await withTimeout(database.ping(), 2_000);
-      return { status: "ready", database: database.kind };
     } catch (err) {
       reply.code(503);
-      return { status: "unavailable", error: `database unreachable: ${(err as Error).message}` };
+      return { status: "unavailable", error: `database unreachable: ${rootMessage(err)}` };
     }
+    if (writer.failing !== undefined) {
+      // The last batch failed (a lock held, a stall): ready again once the table answers.
+      try {
+        await withTimeout(database.rows(sql`select 1 from alerts limit 1`), 2_000);
+        writer.recovered();
+      } catch {
+        reply.code(503);
+        return { status: "unavailable", error: `database is not taking writes: ${writer.failing}` };
+      }
+    }
+    return { status: "ready", database: database.kind };
   });
 
   await app.register(fastifyConnectPlugin, {
@@ -178,6 +189,13 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
   });
 
   return { app, broadcaster, writer, wsStats };
+}
+
+/** The innermost cause's message (Drizzle wraps driver errors as "Failed query: …"). */
+function rootMessage(err: unknown): string {
+  let e = err;
+  for (let i = 0; i < 5 && e instanceof Error && e.cause !== undefined; i++) e = e.cause;
+  return e instanceof Error ? e.message : String(e);
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {

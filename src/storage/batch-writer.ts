@@ -64,6 +64,9 @@ export class BatchWriter {
   #active = 0;
   #closed = false;
   #roomWaiters: Array<() => void> = [];
+  /** Date.now() of the last batch that failed because the database did not answer. */
+  #failedAt = 0;
+  #failure = "";
   #idleWaiters: Array<() => void> = [];
 
   constructor(store: AlertStore, options: BatchWriterOptions) {
@@ -74,6 +77,16 @@ export class BatchWriter {
   /** Alerts queued and not yet handed to the database. */
   get pendingCount(): number {
     return this.#pending.length;
+  }
+
+  /** Why the last batch failed, while the database has not taken a batch since; else undefined. */
+  get failing(): string | undefined {
+    return this.#failedAt === 0 ? undefined : this.#failure;
+  }
+
+  /** Marks the database as taking writes again (a probe got through). */
+  recovered(): void {
+    this.#failedAt = 0;
   }
 
   /** Whether more alerts may be queued without going over `maxPending`. */
@@ -188,9 +201,14 @@ export class BatchWriter {
         { err, batchSize: batch.length, reason: error.reason },
         "alert batch failed",
       );
+      if (error.reason === "database") {
+        this.#failedAt = Date.now();
+        this.#failure = err instanceof Error ? err.message : String(err);
+      }
       for (const e of batch) safeCall(e.done, error, undefined, this.#options.log);
       return;
     }
+    this.#failedAt = 0;
     const published: StoredAlert[] = [];
     for (const [alertId, seq] of inserted) {
       published.push(new StoredAlert(unique.get(alertId) as NewAlert, seq));

@@ -46,18 +46,14 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
   return "url" in options ? openPostgres(options) : openPglite(options.dataDir);
 }
 
-async function openPostgres(options: { url: string; poolSize?: number }): Promise<Database> {
-  const pool = new pg.Pool({
-    connectionString: options.url,
-    max: options.poolSize ?? 10,
-    connectionTimeoutMillis: 10_000,
-    // Without this a dropped idle connection emits 'error' and ends the process.
-    allowExitOnIdle: false,
-  });
-  pool.on("error", () => {
-    // An idle client lost its connection; the pool replaces it on next use.
-  });
-  const client = await pool.connect();
+async function openPostgres(options: {
+  url: string;
+  poolSize?: number;
+  statementTimeoutMs?: number;
+}): Promise<Database> {
+  // Migrations run on a connection of their own, without the statement timeout.
+  const client = new pg.Client({ connectionString: options.url, connectionTimeoutMillis: 10_000 });
+  await client.connect();
   try {
     await client.query("select pg_advisory_lock($1)", [migrationLockKey]);
     try {
@@ -66,8 +62,21 @@ async function openPostgres(options: { url: string; poolSize?: number }): Promis
       await client.query("select pg_advisory_unlock($1)", [migrationLockKey]);
     }
   } finally {
-    client.release();
+    await client.end();
   }
+  const timeout = options.statementTimeoutMs ?? 0;
+  const pool = new pg.Pool({
+    connectionString: options.url,
+    max: options.poolSize ?? 10,
+    // Also bounds the wait for a free connection when every one is busy.
+    connectionTimeoutMillis: 10_000,
+    // A stalled database (a lock held, a disk full) answers with an error instead of
+    // leaving events waiting forever: lock waits count toward this timeout.
+    ...(timeout > 0 ? { options: `-c statement_timeout=${timeout}` } : {}),
+  });
+  pool.on("error", () => {
+    // An idle client lost its connection; the pool replaces it on next use.
+  });
   const db = drizzleNodePg(pool);
   return {
     kind: "postgres",
