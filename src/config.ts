@@ -235,6 +235,20 @@ export const settings = {
     16_777_216,
     "Largest message a /ws client may send (larger: close code 1009).",
   ),
+  wsMaxConnections: integer(
+    "TRIPWIRE_WS_MAX_CONNECTIONS",
+    10_000,
+    1,
+    1_000_000,
+    "Most /ws connections this instance serves; beyond it, new ones get HTTP 503.",
+  ),
+  wsMaxConnectionsPerToken: integer(
+    "TRIPWIRE_WS_MAX_CONNECTIONS_PER_TOKEN",
+    100,
+    1,
+    1_000_000,
+    "Most /ws connections open at once with one token; beyond it, new ones get HTTP 429.",
+  ),
   wsTokens: list(
     "TRIPWIRE_WS_TOKENS",
     "Comma-separated access tokens for /ws (`?token=` or `Authorization: Bearer`). Unset: the feed is open, and a warning is logged.",

@@ -177,6 +177,8 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
       slowCloseMs: config.wsSlowCloseMs,
       tokens: config.wsTokens,
       allowedOrigins: config.wsAllowedOrigins,
+      maxConnections: config.wsMaxConnections,
+      maxConnectionsPerToken: config.wsMaxConnectionsPerToken,
     },
   });
 

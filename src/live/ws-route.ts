@@ -35,6 +35,8 @@ export interface WsSettings {
   readonly tokens: readonly string[];
   /** Accepted Origin headers; empty: any. */
   readonly allowedOrigins: readonly string[];
+  readonly maxConnections: number;
+  readonly maxConnectionsPerToken: number;
 }
 
 /** Dependencies of the feed route. */
@@ -75,6 +77,9 @@ export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStat
   const tokenDigests = settings.tokens.map(digest);
   const connections = new Set<Connection>();
   const params = new WeakMap<FastifyRequest, FeedParams>();
+  /** Open connections per token (by its digest), for the per-token limit. */
+  const perToken = new Map<string, number>();
+  const tokenKeys = new WeakMap<FastifyRequest, string>();
 
   if (settings.tokens.length === 0) {
     log.warn(
@@ -85,6 +90,10 @@ export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStat
 
   // Checked before the upgrade, so a refused client gets a plain HTTP answer.
   const admit = async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    if (connections.size >= settings.maxConnections) {
+      await reply.code(503).send({ error: "too many feed connections; try another instance" });
+      return;
+    }
     const origin = req.headers.origin;
     if (
       settings.allowedOrigins.length > 0 &&
@@ -109,6 +118,12 @@ export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStat
           .send({ error: token === undefined ? "a token is required" : "the token is not valid" });
         return;
       }
+      const key = (given as Buffer).toString("hex");
+      if ((perToken.get(key) ?? 0) >= settings.maxConnectionsPerToken) {
+        await reply.code(429).send({ error: "too many feed connections with this token" });
+        return;
+      }
+      tokenKeys.set(req, key);
     }
     try {
       const offered = String(req.headers["sec-websocket-protocol"] ?? "")
@@ -139,7 +154,15 @@ export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStat
       subscription: undefined,
     };
     connections.add(conn);
-    socket.once("close", () => connections.delete(conn));
+    const key = tokenKeys.get(req);
+    if (key !== undefined) perToken.set(key, (perToken.get(key) ?? 0) + 1);
+    socket.once("close", () => {
+      connections.delete(conn);
+      if (key === undefined) return;
+      const left = (perToken.get(key) ?? 1) - 1;
+      if (left === 0) perToken.delete(key);
+      else perToken.set(key, left);
+    });
     socket.on("pong", () => {
       conn.alive = true;
     });
