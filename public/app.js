@@ -3,9 +3,10 @@
 // missed and how it recovered. Rendering uses textContent only: every string in an
 // alert comes from an agent.
 
-const MAX_ROWS = 500; // DOM rows kept; older ones are removed (the feed stays smooth)
+const MAX_ROWS = 500; // alert rows kept in the DOM; the oldest go first
 const HISTORY = 200; // alerts loaded on a first connection
 const SEVERITY_RANK = { INFO: 0, WARN: 1, CRITICAL: 2 };
+const TYPE_COUNT = 3;
 
 const params = new URLSearchParams(location.search);
 const token = params.get("token");
@@ -23,10 +24,14 @@ const ui = {
 
 let lastSeq = null; // highest seq received: the resume cursor
 let socket = null;
-let attempt = 0;
+let attempt = 0; // failed connections in a row, for the backoff
 let received = 0;
-let heartbeatTimer = null;
+let rowCount = 0; // tr.alert rows in the table (detail rows excluded)
+let heartbeatTimer;
+let reconnectTimer;
 let heartbeatMs = 15000;
+// Why the next connection resumes, for the notice once it is live again.
+let resumeReason = null;
 const knownHosts = new Map(); // host_id -> hostname
 
 function currentFilters() {
@@ -36,7 +41,7 @@ function currentFilters() {
   return {
     min_severity: ui.minSeverity.value || null,
     host_ids: ui.host.value ? [ui.host.value] : null,
-    tripwire_types: types.length === 3 ? null : types,
+    tripwire_types: types.length === TYPE_COUNT ? null : types,
   };
 }
 
@@ -52,38 +57,43 @@ function setState(state, text) {
   ui.state.textContent = text ?? state;
 }
 
-function showNotice(text) {
+/** kind: dropped | resumed | recovered | reset | error (styles the notice). */
+function showNotice(kind, text) {
   ui.notice.hidden = false;
+  ui.notice.dataset.kind = kind;
   ui.notice.textContent = `${new Date().toLocaleTimeString()}: ${text}`;
 }
 
-function feedUrl() {
+function feedUrl(f) {
   const url = new URL("/ws", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  const f = currentFilters();
   if (lastSeq !== null) url.searchParams.set("since", String(lastSeq));
   else url.searchParams.set("history", String(HISTORY));
   if (f.min_severity) url.searchParams.set("min_severity", f.min_severity);
   if (f.host_ids) url.searchParams.set("host_id", f.host_ids.join(","));
-  if (f.tripwire_types?.length) url.searchParams.set("tripwire_type", f.tripwire_types.join(","));
+  if (f.tripwire_types) url.searchParams.set("tripwire_type", f.tripwire_types.join(","));
   if (token) url.searchParams.set("token", token);
   return url;
 }
 
 function connect() {
-  setState(
-    attempt === 0 ? "connecting" : "reconnecting",
-    attempt === 0 ? "connecting" : "reconnecting…",
-  );
+  reconnectTimer = undefined;
+  if (resumeReason === null && lastSeq === null) setState("connecting", "connecting");
+  else setState("reconnecting", "reconnecting…");
   const resumeFrom = lastSeq;
+  const reason = resumeReason;
   let replayed = 0;
   let replaying = true;
-  const ws = new WebSocket(feedUrl(), ["tripwire.v1"]);
+  const filters = currentFilters();
+  const ws = new WebSocket(feedUrl(filters), ["tripwire.v1"]);
   socket = ws;
   ws.onopen = () => {
     attempt = 0;
     setState("replaying", "loading…");
     armHeartbeat(ws);
+    // The filters changed while this connection was opening: the URL has the old ones.
+    const now = currentFilters();
+    if (JSON.stringify(now) !== JSON.stringify(filters)) sendFilters(now);
   };
   ws.onmessage = (event) => {
     armHeartbeat(ws);
@@ -98,83 +108,122 @@ function connect() {
         break;
       case "live":
         replaying = false;
+        resumeReason = null;
         setState("live", "live");
-        if (resumeFrom !== null) {
+        if (reason?.kind === "dropped") {
           showNotice(
+            "recovered",
+            `Recovered after falling behind: ${replayed} alert(s) caught up from seq ${resumeFrom ?? 0}, none missed.`,
+          );
+        } else if (resumeFrom !== null) {
+          showNotice(
+            "resumed",
             `Reconnected: resumed from seq ${resumeFrom}, ${replayed} alert(s) caught up, none missed.`,
           );
         }
         break;
       case "dropped":
         showNotice(
+          "dropped",
           `This tab fell behind and missed ${msg.count} alert(s) (seq ${msg.from_seq}–${msg.to_seq}); recovering them…`,
         );
-        // Resume from the last alert received before the gap.
-        ws.close(4000, "resuming after a gap");
+        // Everything received so far comes before the gap: resume from it.
+        resumeReason = { kind: "dropped" };
+        abandon(ws, "recovering…");
         break;
       case "reset":
         showNotice(
-          `More alerts arrived while disconnected than can be replayed (from seq ${msg.missed_from_seq}); reloaded the latest ${HISTORY}.`,
+          "reset",
+          msg.reason === "replay_limit"
+            ? `More alerts arrived while disconnected than can be replayed (from seq ${msg.missed_from_seq}); reloaded the latest ${HISTORY}.`
+            : `The server's feed starts over (it is at seq ${msg.seq}, this page was at ${resumeFrom}); reloaded the latest ${HISTORY}.`,
         );
         lastSeq = null;
+        resumeReason = null;
         clearRows();
-        ws.close(4000, "reloading");
-        break;
-      case "filters":
-      case "heartbeat":
+        abandon(ws, "reloading…");
         break;
       case "error":
-        showNotice(`Server: ${msg.error}`);
+        showNotice("error", `Server: ${msg.error}`);
         break;
+      // "filters" and "heartbeat" need nothing beyond re-arming the heartbeat timer.
     }
   };
-  ws.onclose = (event) => {
-    clearTimeout(heartbeatTimer);
+  ws.onclose = () => {
     if (socket !== ws) return;
-    socket = null;
-    const delay = event.code === 4000 ? 0 : Math.min(10000, 250 * 2 ** attempt);
+    resumeReason ??= { kind: "lost" };
+    // Jittered exponential backoff, so a restarted server is not hit by every tab at once.
+    const delay = Math.round(Math.min(10000, 250 * 2 ** attempt) * (0.75 + Math.random() * 0.5));
     attempt++;
-    setState(
-      "reconnecting",
-      delay === 0 ? "resuming…" : `reconnecting in ${Math.ceil(delay / 1000)} s`,
-    );
-    setTimeout(connect, delay);
+    setState("reconnecting", `reconnecting in ${Math.max(1, Math.round(delay / 1000))} s`);
+    scheduleConnect(delay);
   };
+}
+
+/** Leaves a connection at once (no waiting for its close handshake) and opens the next. */
+function abandon(ws, text) {
+  ws.onmessage = null;
+  ws.onclose = null;
+  ws.close(4000, "resuming");
+  setState("reconnecting", text);
+  scheduleConnect(0);
+}
+
+function scheduleConnect(delay) {
+  socket = null;
+  clearTimeout(heartbeatTimer);
+  clearTimeout(reconnectTimer);
+  reconnectTimer = setTimeout(connect, delay);
 }
 
 function armHeartbeat(ws) {
   clearTimeout(heartbeatTimer);
-  // Two silent heartbeat intervals: the connection is dead even if the browser has not noticed.
-  heartbeatTimer = setTimeout(
-    () => {
-      setState("offline", "no heartbeat — reconnecting");
-      ws.close();
-    },
-    heartbeatMs * 2 + 1000,
-  );
+  // The server may stay silent for up to two heartbeat intervals; three means it is gone,
+  // even if the browser has not noticed (a dead TCP connection never closes by itself).
+  heartbeatTimer = setTimeout(() => {
+    resumeReason ??= { kind: "lost" };
+    abandon(ws, "no heartbeat — reconnecting…");
+  }, heartbeatMs * 3);
+}
+
+function sendFilters(f) {
+  if (socket?.readyState === WebSocket.OPEN)
+    socket.send(JSON.stringify({ type: "set_filters", ...f }));
 }
 
 function addAlerts(items) {
   const f = currentFilters();
   const frag = document.createDocumentFragment();
-  for (const alert of items) {
+  // Only the newest MAX_ROWS of a large batch (a replay page) can stay on screen.
+  const renderFrom = items.length - MAX_ROWS;
+  for (let i = 0; i < items.length; i++) {
+    const alert = items[i];
     if (lastSeq !== null && alert.seq <= lastSeq) continue; // never show one twice
     lastSeq = alert.seq;
     received++;
     if (!knownHosts.has(alert.host_id)) addHost(alert.host_id, alert.hostname);
+    if (i < renderFrom) continue;
     const row = renderRow(alert);
     row.hidden = !matches(alert, f);
     frag.prepend(row);
+    rowCount++;
   }
   ui.rows.prepend(frag);
-  while (ui.rows.querySelectorAll("tr.alert").length > MAX_ROWS) {
-    const oldest = ui.rows.querySelector("tr.alert:last-of-type");
-    if (oldest?.nextElementSibling?.classList.contains("detail"))
-      oldest.nextElementSibling.remove();
-    oldest?.remove();
+  // Detail rows follow their alert row, so trimming from the end takes both.
+  while (rowCount > MAX_ROWS) {
+    const last = ui.rows.lastElementChild;
+    if (last === null) break;
+    if (last.classList.contains("alert")) rowCount--;
+    last.remove();
   }
-  ui.empty.hidden = ui.rows.children.length > 0;
-  ui.counts.textContent = `${received} received · showing newest ${Math.min(received, MAX_ROWS)}`;
+  updateSummary();
+}
+
+function updateSummary() {
+  const shown = ui.rows.querySelectorAll("tr.alert:not([hidden])").length;
+  ui.empty.hidden = shown > 0;
+  ui.empty.textContent = rowCount === 0 ? "No alerts yet." : "No alerts match the filters.";
+  ui.counts.textContent = `${received} received · ${shown} shown`;
 }
 
 function renderRow(alert) {
@@ -187,9 +236,12 @@ function renderRow(alert) {
   const sev = document.createElement("span");
   sev.className = `sev sev-${alert.severity}`;
   sev.textContent = alert.severity;
+  const time = document.createElement("time");
+  time.dateTime = alert.timestamp;
+  time.textContent = new Date(alert.timestamp).toLocaleString();
   const cells = [
     sev,
-    new Date(alert.timestamp).toLocaleString(),
+    time,
     alert.hostname,
     alert.tripwire_type,
     alert.rule_name,
@@ -210,6 +262,7 @@ function toggleDetail(tr, alert) {
   const next = tr.nextElementSibling;
   if (next?.classList.contains("detail")) {
     next.remove();
+    tr.classList.remove("open");
     return;
   }
   const detail = document.createElement("tr");
@@ -230,6 +283,7 @@ function toggleDetail(tr, alert) {
   td.append(pre);
   detail.append(td);
   tr.after(detail);
+  tr.classList.add("open");
 }
 
 function addHost(hostId, hostname) {
@@ -237,26 +291,38 @@ function addHost(hostId, hostname) {
   const option = document.createElement("option");
   option.value = hostId;
   option.textContent = hostname;
-  ui.host.append(option);
+  // Keep the list sorted by hostname (after "all hosts").
+  const after = [...ui.host.options]
+    .slice(1)
+    .find((o) => o.textContent.localeCompare(hostname) > 0);
+  ui.host.insertBefore(option, after ?? null);
 }
 
 function clearRows() {
   ui.rows.replaceChildren();
-  ui.empty.hidden = false;
+  rowCount = 0;
+  updateSummary();
 }
 
-ui.form.addEventListener("change", () => {
+ui.form.addEventListener("change", (event) => {
+  // No type at all cannot be asked for in the URL: keep at least one.
+  if (event.target.name === "tripwire_type" && currentFilters().tripwire_types?.length === 0) {
+    event.target.checked = true;
+    return;
+  }
   const f = currentFilters();
   for (const tr of ui.rows.querySelectorAll("tr.alert")) {
     tr.hidden = !matches(
       { severity: tr.dataset.severity, tripwire_type: tr.dataset.type, host_id: tr.dataset.hostId },
       f,
     );
-    if (tr.hidden && tr.nextElementSibling?.classList.contains("detail"))
+    if (tr.hidden && tr.nextElementSibling?.classList.contains("detail")) {
       tr.nextElementSibling.remove();
+      tr.classList.remove("open");
+    }
   }
-  if (socket?.readyState === WebSocket.OPEN)
-    socket.send(JSON.stringify({ type: "set_filters", ...f }));
+  updateSummary();
+  sendFilters(f);
 });
 ui.form.addEventListener("submit", (e) => e.preventDefault());
 

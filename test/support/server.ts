@@ -19,7 +19,10 @@ export interface RunningServer extends Server {
   close(): Promise<void>;
 }
 
-/** Starts the real server on 127.0.0.1, port 0, over `database`. */
+/**
+ * Starts the real server on 127.0.0.1 over `database`: on an ephemeral port, or on
+ * `overrides.port` (a restart on the same port, as browsers reconnecting expect).
+ */
 export async function startServer(
   database: Database,
   overrides: Partial<Config> = {},
@@ -27,7 +30,7 @@ export async function startServer(
 ): Promise<RunningServer> {
   const config = configWith({ port: 0, logLevel: "silent", ...overrides });
   const server = await buildServer({ config, database, logger: false, ...extra });
-  await server.app.listen({ port: 0, host: "127.0.0.1" });
+  await server.app.listen({ port: config.port, host: "127.0.0.1" });
   const address = server.app.server.address();
   if (address === null || typeof address === "string") throw new Error("no port");
   const baseUrl = `http://127.0.0.1:${address.port}`;
