@@ -30,6 +30,39 @@ interface WireAlert {
   tripwire_type: string;
 }
 
+interface WireBatch {
+  o: string;
+  f: number;
+  t: number;
+  a: WireAlert[];
+}
+
+function isWireAlert(v: unknown): v is WireAlert {
+  if (typeof v !== "object" || v === null) return false;
+  const a = v as Record<string, unknown>;
+  return (
+    Number.isSafeInteger(a.seq) &&
+    typeof a.alert_id === "string" &&
+    typeof a.host_id === "string" &&
+    typeof a.severity === "string" &&
+    typeof a.tripwire_type === "string"
+  );
+}
+
+/** Whether a parsed message is a batch as `publish` sends it. O(alerts). */
+function isWireBatch(v: unknown): v is WireBatch {
+  if (typeof v !== "object" || v === null) return false;
+  const m = v as Record<string, unknown>;
+  return (
+    typeof m.o === "string" &&
+    Number.isSafeInteger(m.f) &&
+    Number.isSafeInteger(m.t) &&
+    (m.f as number) <= (m.t as number) &&
+    Array.isArray(m.a) &&
+    m.a.every(isWireAlert)
+  );
+}
+
 /** Publishes this instance's batches and delivers the others'. */
 export class RedisRelay {
   /** Identifies this instance's own messages, which it already delivered locally. */
@@ -100,19 +133,23 @@ export class RedisRelay {
   }
 
   #receive(message: string): void {
-    let parsed: { o: string; f: number; t: number; a: WireAlert[] };
+    let parsed: unknown;
     try {
       parsed = JSON.parse(message);
     } catch {
+      parsed = undefined;
+    }
+    // Anyone who can publish on the channel could send anything: a message that is not a
+    // batch must not throw out of ioredis's data handler (that would end the process).
+    if (!isWireBatch(parsed)) {
       this.#options.log.warn({}, "ignored a malformed message on the redis channel");
       return;
     }
-    if (parsed.o === this.instanceId || !Array.isArray(parsed.a)) return;
+    if (parsed.o === this.instanceId) return;
     const alerts: LiveAlert[] = parsed.a.map(
       (a) =>
         new JsonAlert(a.seq, a.alert_id, a.host_id, a.severity, a.tripwire_type, JSON.stringify(a)),
     );
-    if (typeof parsed.f !== "number" || typeof parsed.t !== "number") return;
     this.#options.onBatch(new LiveBatch(alerts, parsed.f, parsed.t));
   }
 

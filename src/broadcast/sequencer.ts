@@ -166,9 +166,11 @@ export class Sequencer {
       }
     } catch (err) {
       log.warn({ err }, "live feed could not read missed alerts; will retry");
-      if (this.#pending.size > 0) this.#armGapTimer();
     } finally {
       this.#repairing = false;
+      // A gap timer that fired while this read ran was skipped, and a batch held since
+      // may still wait for numbers this read did not cover (or a failed read): retry.
+      if (!this.#closed && this.#pending.size > 0) this.#armGapTimer();
     }
   }
 }
