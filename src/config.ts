@@ -76,6 +76,39 @@ function optionalUrl(
   };
 }
 
+function optionalPath(env: string, doc: string): Setting<string | undefined> {
+  return {
+    env,
+    doc,
+    defaultText: "(unset)",
+    parse: (raw) => (raw === undefined || raw.trim() === "" ? undefined : raw.trim()),
+  };
+}
+
+function oneOf<const T extends string>(
+  env: string,
+  values: readonly T[],
+  def: T,
+  defaultText: string,
+  doc: string,
+): Setting<T> {
+  return {
+    env,
+    doc,
+    defaultText,
+    parse(raw) {
+      if (raw === undefined || raw.trim() === "") return def;
+      const value = raw.trim() as T;
+      if (!values.includes(value)) {
+        throw new ConfigError(
+          `${env}=${JSON.stringify(raw)} is not valid: expected one of ${values.join(", ")}`,
+        );
+      }
+      return value;
+    },
+  };
+}
+
 function list(env: string, doc: string): Setting<readonly string[]> {
   return {
     env,
@@ -99,6 +132,22 @@ export const settings = {
     "TCP port for every protocol (gRPC, Connect, gRPC-Web, WebSocket, HTTP).",
   ),
   host: text("HOST", "127.0.0.1", "Address to listen on; `0.0.0.0` or `::` for every interface."),
+  tlsCert: optionalPath(
+    "TRIPWIRE_TLS_CERT",
+    "PEM file of the server certificate (and chain). Set with `TRIPWIRE_TLS_KEY` to serve TLS: HTTP/2 and HTTP/1.1 by ALPN on the one port. Unset: cleartext (h2c and HTTP/1.1).",
+  ),
+  tlsKey: optionalPath("TRIPWIRE_TLS_KEY", "PEM file of the server certificate's private key."),
+  tlsClientCa: optionalPath(
+    "TRIPWIRE_TLS_CLIENT_CA",
+    "PEM bundle of the CA(s) that issue agent certificates (needs TLS). Set: agents are asked for a client certificate, its CN is their hostname and they may only send events for that host. Browsers (`/`, `/ws`) need none.",
+  ),
+  tlsClientAuth: oneOf(
+    "TRIPWIRE_TLS_CLIENT_AUTH",
+    ["require", "optional"],
+    "require",
+    "require",
+    "With `TRIPWIRE_TLS_CLIENT_CA`: `require` refuses AlertService calls without a verified client certificate (Unauthenticated); `optional` also accepts calls without one (not bound to a host). A certificate that fails verification is refused either way.",
+  ),
   databaseUrl: optionalUrl(
     "DATABASE_URL",
     ["postgres:", "postgresql:"],
@@ -171,6 +220,27 @@ export const settings = {
     1,
     10_000_000,
     "Events waiting for the batch writer across all streams; at the bound streams wait before reading more.",
+  ),
+  hostRateLimit: integer(
+    "TRIPWIRE_HOST_RATE_LIMIT",
+    10_000,
+    0,
+    10_000_000,
+    'Events per second one host may send (token bucket); beyond it, events get ERROR "rate limited". 0: no limit.',
+  ),
+  hostRateBurst: integer(
+    "TRIPWIRE_HOST_RATE_BURST",
+    20_000,
+    1,
+    100_000_000,
+    "Events one host may send at once above its rate before it is limited.",
+  ),
+  maxStreamsPerConnection: integer(
+    "TRIPWIRE_MAX_STREAMS_PER_CONNECTION",
+    100,
+    1,
+    10_000,
+    "Concurrent HTTP/2 streams per agent connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).",
   ),
   maxEventDetailBytes: integer(
     "TRIPWIRE_MAX_EVENT_DETAIL_BYTES",
@@ -312,6 +382,20 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     out[key] = setting.parse(env[setting.env]);
   }
   const config = out as Config;
+  if ((config.tlsCert === undefined) !== (config.tlsKey === undefined)) {
+    throw new ConfigError("TRIPWIRE_TLS_CERT and TRIPWIRE_TLS_KEY must be set together");
+  }
+  if (config.tlsClientCa !== undefined && config.tlsCert === undefined) {
+    throw new ConfigError(
+      "TRIPWIRE_TLS_CLIENT_CA needs TLS: set TRIPWIRE_TLS_CERT and TRIPWIRE_TLS_KEY too",
+    );
+  }
+  if ((env.TRIPWIRE_TLS_CLIENT_AUTH ?? "").trim() !== "" && config.tlsClientCa === undefined) {
+    // Asking for `require` without a CA would leave agents unauthenticated, silently.
+    throw new ConfigError(
+      "TRIPWIRE_TLS_CLIENT_AUTH needs TRIPWIRE_TLS_CLIENT_CA: without a CA no agent is asked for a certificate",
+    );
+  }
   if (!logLevels.has(config.logLevel)) {
     throw new ConfigError(
       `TRIPWIRE_LOG_LEVEL=${JSON.stringify(config.logLevel)} is not valid: expected one of ${[...logLevels].join(", ")}`,

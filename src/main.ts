@@ -35,10 +35,18 @@ async function main(): Promise<void> {
   process.once("SIGTERM", () => void stop("SIGTERM"));
   process.once("SIGINT", () => void stop("SIGINT"));
 
-  const address = await app.listen({ port: config.port, host: config.host });
+  const listening = await app.listen({ port: config.port, host: config.host });
+  // Fastify names the scheme from its own https option, which a server factory bypasses.
+  const tls = config.tlsCert !== undefined;
+  const address = tls ? listening.replace(/^http:/, "https:") : listening;
+  const agents = !tls
+    ? "agents unauthenticated"
+    : config.tlsClientCa === undefined
+      ? "agents unauthenticated (no TRIPWIRE_TLS_CLIENT_CA)"
+      : `agent certificates ${config.tlsClientAuth === "require" ? "required" : "optional"}`;
   app.log.info(
-    { address, database: database.kind },
-    `tripwire-dashboard listening on ${address} (database: ${database.kind}; gRPC, gRPC-Web, Connect, WebSocket /ws)`,
+    { address, database: database.kind, tls },
+    `tripwire-dashboard listening on ${address} (database: ${database.kind}; gRPC, gRPC-Web, Connect, WebSocket /ws; ${agents})`,
   );
 }
 

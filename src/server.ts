@@ -3,7 +3,7 @@
  * main.ts is the only place that reads the environment, listens and handles signals.
  */
 import type { TLSSocket } from "node:tls";
-import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import websocket from "@fastify/websocket";
 import { sql } from "drizzle-orm";
@@ -11,9 +11,13 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastif
 import { type LiveFeed, startLiveFeed } from "./broadcast/live-feed.js";
 import type { Config } from "./config.js";
 import { AlertService } from "./gen/alert/alert_pb.js";
+import { jsonTextDecoder } from "./http/json-text-decoder.js";
 import { createOnePortServer } from "./http/one-port.js";
-import { createAlertService, verifiedClientCn } from "./ingest/alert-service.js";
+import { createTlsServer, readTlsMaterial } from "./http/tls.js";
+import { peerContextValues } from "./ingest/agent-identity.js";
+import { createAlertService } from "./ingest/alert-service.js";
 import { HostDirectory } from "./ingest/host-directory.js";
+import { HostRateLimiter } from "./ingest/rate-limiter.js";
 import { registerDashboardRoutes } from "./live/dashboard-route.js";
 import { subprotocolV1 } from "./live/feed-params.js";
 import { closeGoingAway, registerWsRoute, type WsStats } from "./live/ws-route.js";
@@ -48,13 +52,22 @@ export interface Server {
  */
 export async function buildServer(deps: ServerDeps): Promise<Server> {
   const { config, database } = deps;
+  const tls = readTlsMaterial(config);
   const app = Fastify({
     logger: deps.logger ?? { level: config.logLevel },
     serverFactory: (handler) =>
-      createOnePortServer(handler, {
-        closeGraceMs: config.shutdownTimeoutMs,
-        prefaceTimeoutMs: 10_000,
-      }),
+      tls === undefined
+        ? createOnePortServer(handler, {
+            closeGraceMs: config.shutdownTimeoutMs,
+            prefaceTimeoutMs: 10_000,
+            http2Settings: { maxConcurrentStreams: config.maxStreamsPerConnection },
+          })
+        : createTlsServer(handler, {
+            tls,
+            closeGraceMs: config.shutdownTimeoutMs,
+            handshakeTimeoutMs: 10_000,
+            http2Settings: { maxConcurrentStreams: config.maxStreamsPerConnection },
+          }),
     // Closing answers new requests with 503 by setting `Connection: close`, which is not
     // allowed on HTTP/2 responses; our close path refuses new streams with GOAWAY instead.
     return503OnClosing: false,
@@ -133,24 +146,26 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
           log: log.child({ component: "alert-service" }),
           limits: config,
           shutdown: shutdown.signal,
+          clientAuth: tls?.clientCa === undefined ? "off" : config.tlsClientAuth,
+          rateLimiter: new HostRateLimiter({
+            ratePerSecond: config.hostRateLimit,
+            burst: config.hostRateBurst,
+          }),
         }),
       );
     },
     readMaxBytes: config.maxMessageBytes,
     writeMaxBytes: config.maxMessageBytes,
+    // A longer grpc-timeout would overflow Node's setTimeout, which then fires after 1 ms
+    // and ends the call at once; refuse it with INVALID_ARGUMENT instead.
+    maxTimeoutMs: 2_147_483_647,
+    // connect-es passes the decoder on to its JSON codec (the type leaves it out).
+    jsonOptions: jsonCodecOptions,
     // Our own signal, not the plugin's shutdownTimeoutMs, whose timer keeps the process
     // alive for the whole timeout even when every stream has ended.
     shutdownSignal: rpcDeadline.signal,
-    contextValues(req) {
-      const values = createContextValues();
-      const socket = req.raw.socket as Partial<TLSSocket> | null;
-      // The seam for mTLS: only a certificate the TLS layer verified counts.
-      if (socket?.authorized === true && typeof socket.getPeerCertificate === "function") {
-        const cn = socket.getPeerCertificate().subject?.CN;
-        if (typeof cn === "string" && cn !== "") values.set(verifiedClientCn, cn);
-      }
-      return values;
-    },
+    // The caller's certificate status, from the TLS socket; the service decides per call.
+    contextValues: (req) => peerContextValues(req.raw.socket as Partial<TLSSocket> | null),
   });
 
   await app.register(websocket, {
@@ -199,6 +214,9 @@ function rootMessage(err: unknown): string {
   for (let i = 0; i < 5 && e instanceof Error && e.cause !== undefined; i++) e = e.cause;
   return e instanceof Error ? e.message : String(e);
 }
+
+/** connect-es's default, plus the decoder that keeps JSON error messages encodable. */
+const jsonCodecOptions = { ignoreUnknownFields: true, textDecoder: jsonTextDecoder };
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;

@@ -2,13 +2,7 @@
  * The AlertService that agents call: RegisterAgent and the pipelined StreamAlerts.
  */
 import { create } from "@bufbuild/protobuf";
-import {
-  Code,
-  ConnectError,
-  createContextKey,
-  type HandlerContext,
-  type ServiceImpl,
-} from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   type AgentEvent,
   type AlertService,
@@ -20,16 +14,13 @@ import type { Logger } from "../logger.js";
 import type { AlertStore } from "../storage/alert-store.js";
 import { nowMicros } from "../storage/alert-types.js";
 import type { BatchWriter, WriteError } from "../storage/batch-writer.js";
+import { authenticateAgent, type ClientAuthMode } from "./agent-identity.js";
 import type { HostDirectory } from "./host-directory.js";
+import { HostRateLimiter } from "./rate-limiter.js";
 import { type ValidationLimits, validateEvent } from "./validation.js";
 
-/**
- * The CN of the connection's verified client certificate, set by the transport when
- * TLS with client authentication is on. When present it is the agent's hostname.
- */
-export const verifiedClientCn = createContextKey<string | undefined>(undefined, {
-  description: "CN of the verified client certificate",
-});
+// Defined with the rest of the caller's identity; re-exported for existing importers.
+export { verifiedClientCn } from "./agent-identity.js";
 
 /** Dependencies and settings of the AlertService. */
 export interface AlertServiceDeps {
@@ -43,6 +34,10 @@ export interface AlertServiceDeps {
    * they have read once it is committed, then end with UNAVAILABLE so agents reconnect.
    */
   readonly shutdown: AbortSignal;
+  /** Per-host event rate limit; none when omitted. */
+  readonly rateLimiter?: HostRateLimiter;
+  /** Whether calls need a verified client certificate; default `off` (no client CA). */
+  readonly clientAuth?: ClientAuthMode;
 }
 
 const maxHostFieldLength = 253;
@@ -68,10 +63,13 @@ export function errorCommand(alertId: string, error: string): ServerCommand {
 /** Implements the AlertService over the shared batch writer. */
 export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof AlertService> {
   const { store, writer, hosts, log, limits, shutdown } = deps;
+  const clientAuth = deps.clientAuth ?? "off";
+  const rateLimiter = deps.rateLimiter ?? new HostRateLimiter({ ratePerSecond: 0, burst: 0 });
 
   return {
     async registerAgent(req, ctx) {
-      const hostname = ctx.values.get(verifiedClientCn) ?? req.hostname;
+      // The verified certificate names the host, whatever the request says.
+      const hostname = authenticateAgent(ctx.values, clientAuth) ?? req.hostname;
       checkField("hostname", hostname, maxHostFieldLength, true);
       checkField("platform", req.platform, maxMetaFieldLength, false);
       checkField("agent_version", req.agentVersion, maxMetaFieldLength, false);
@@ -81,12 +79,28 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
         agentVersion: req.agentVersion,
       });
       hosts.remember(hostId, hostname);
-      log.info({ hostname, hostId, agentVersion: req.agentVersion }, "agent registered");
+      log.info(
+        {
+          hostname,
+          hostId,
+          agentVersion: req.agentVersion,
+          // When the certificate's CN overrides it: a misconfigured (or lying) agent.
+          ...(hostname === req.hostname ? {} : { reportedHostname: req.hostname }),
+        },
+        "agent registered",
+      );
       return create(RegisterResponseSchema, { hostId, serverTimeUs: nowMicros() });
     },
 
     streamAlerts(requests, ctx) {
-      return streamReplies(requests, ctx, { writer, hosts, limits, shutdown });
+      return streamReplies(requests, ctx, {
+        writer,
+        hosts,
+        limits,
+        shutdown,
+        clientAuth,
+        rateLimiter,
+      });
     },
   };
 }
@@ -109,13 +123,21 @@ function checkField(name: string, value: string, max: number, required: boolean)
  * in whatever order that happens. The reader stops pulling while the stream has
  * `maxInFlightPerStream` events without a reply written, so HTTP/2 flow control
  * slows the agent instead of memory growing.
+ *
+ * A caller with a verified client certificate may only send events of its own host: the
+ * one host_id registered under the certificate's CN.
  */
 async function* streamReplies(
   requests: AsyncIterable<AgentEvent>,
   ctx: HandlerContext,
-  deps: Pick<AlertServiceDeps, "writer" | "hosts" | "limits" | "shutdown">,
+  deps: Pick<AlertServiceDeps, "writer" | "hosts" | "limits" | "shutdown"> & {
+    readonly clientAuth: ClientAuthMode;
+    readonly rateLimiter: HostRateLimiter;
+  },
 ): AsyncGenerator<ServerCommand> {
   const { writer, hosts, limits, shutdown } = deps;
+  // Before anything is read: an unauthenticated stream ends with Unauthenticated.
+  const agentHostname = authenticateAgent(ctx.values, deps.clientAuth);
   const replies: ServerCommand[] = [];
   let inFlight = 0;
   let readerDone = false;
@@ -163,6 +185,21 @@ async function* streamReplies(
       if (hostname === undefined) {
         reply(
           errorCommand(ev.alertId, "host_id is not a registered host; call RegisterAgent first"),
+        );
+        continue;
+      }
+      // Hostnames are unique and a host_id never changes hostname, so this is the check
+      // "host_id is the one registered under the certificate's CN", at no extra lookup.
+      if (agentHostname !== undefined && hostname !== agentHostname) {
+        reply(errorCommand(ev.alertId, "host_id does not belong to this agent"));
+        continue;
+      }
+      if (!deps.rateLimiter.take(event.hostId)) {
+        reply(
+          errorCommand(
+            ev.alertId,
+            "rate limited: this host is sending faster than allowed; send it again later",
+          ),
         );
         continue;
       }

@@ -36,6 +36,8 @@ export type Validation =
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const utf8 = new TextDecoder("utf-8", { fatal: true });
+// With the u flag a surrogate pair is one code point, so this matches only unpaired ones.
+const unpairedSurrogate = /[\ud800-\udfff]/u;
 
 function fail(error: string): Validation {
   return { ok: false, error };
@@ -60,6 +62,11 @@ export function validateEvent(ev: AgentEvent, nowUs: bigint, limits: ValidationL
     return fail(`rule_name is longer than ${limits.maxRuleNameLength} characters`);
   }
   if (ev.ruleName.includes("\u0000")) return fail("rule_name must not contain NUL characters");
+  // Only Connect's JSON codec can deliver these (binary protobuf checks UTF-8); drivers
+  // would store U+FFFD instead, and PGlite's array encoding can fail the batch.
+  if (unpairedSurrogate.test(ev.ruleName)) {
+    return fail("rule_name must not contain unpaired surrogates (\\ud800-\\udfff)");
+  }
   if (!tripwireTypes.has(ev.tripwireType)) {
     return fail(
       `tripwire_type ${JSON.stringify(ev.tripwireType)} is not one of FILE, NETWORK, PROCESS`,
@@ -103,10 +110,9 @@ export function validateEvent(ev: AgentEvent, nowUs: bigint, limits: ValidationL
     } catch (err) {
       return fail(`event_detail_json is not valid JSON: ${(err as Error).message}`);
     }
-    // PostgreSQL's jsonb cannot hold U+0000; refuse it here rather than fail a batch.
-    if (text.includes("\\u0000")) {
-      return fail("event_detail_json must not contain \\u0000");
-    }
+    // Refuse here what PostgreSQL's jsonb would refuse, rather than fail a batch.
+    const problem = jsonbProblem(text);
+    if (problem !== undefined) return fail(`event_detail_json ${problem}`);
     eventDetailJson = text;
   }
 
@@ -122,6 +128,75 @@ export function validateEvent(ev: AgentEvent, nowUs: bigint, limits: ValidationL
       eventDetailJson,
     },
   };
+}
+
+/** Deepest nesting of arrays and objects accepted in event_detail_json. */
+export const maxEventDetailDepth = 128;
+
+// PostgreSQL's numeric, which jsonb uses for every number: at most 16383 digits after
+// the decimal point, the first digit at most 10^131071, and |exponent| below 2^30 - 1.
+const maxNumericScale = 16_383;
+const maxNumericWeight = 131_071;
+const maxNumericExponent = 1_073_741_823n;
+const jsonNumber = /-?(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?/y;
+
+/**
+ * What PostgreSQL's jsonb would refuse in `text`, which is already known to be valid
+ * JSON: an escaped NUL, an escaped surrogate that is not part of a pair, a number beyond
+ * numeric's range, or nesting deeper than `maxEventDetailDepth` (PostgreSQL's parser
+ * recurses, and overflows its stack long before JSON.parse does). One pass, O(length).
+ */
+function jsonbProblem(text: string): string | undefined {
+  let depth = 0;
+  for (let i = 0; i < text.length; ) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      // A string: only its \u escapes matter. A high surrogate must come right before a low one.
+      let high = false;
+      for (i++; ; ) {
+        const d = text.charCodeAt(i);
+        if (d === 0x5c && text.charCodeAt(i + 1) === 0x75) {
+          const unit = Number.parseInt(text.slice(i + 2, i + 6), 16);
+          if (unit === 0) return "must not contain \\u0000";
+          const isLow = unit >= 0xdc00 && unit <= 0xdfff;
+          if (high !== isLow) return "has an unpaired surrogate escape (\\ud800-\\udfff)";
+          high = unit >= 0xd800 && unit <= 0xdbff;
+          i += 6;
+          continue;
+        }
+        if (high) return "has an unpaired surrogate escape (\\ud800-\\udfff)";
+        i += d === 0x5c ? 2 : 1;
+        if (d === 0x22) break;
+      }
+    } else if (c === 0x5b || c === 0x7b) {
+      if (++depth > maxEventDetailDepth) {
+        return `is nested more than ${maxEventDetailDepth} levels deep`;
+      }
+      i++;
+    } else if (c === 0x5d || c === 0x7d) {
+      depth--;
+      i++;
+    } else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
+      jsonNumber.lastIndex = i;
+      const m = jsonNumber.exec(text) as RegExpExecArray;
+      i = jsonNumber.lastIndex;
+      const whole = m[1] as string;
+      const fraction = m[2] ?? "";
+      const exponent = BigInt(m[3] ?? "0");
+      const first = (whole + fraction).search(/[1-9]/);
+      if (
+        exponent >= maxNumericExponent ||
+        exponent <= -maxNumericExponent ||
+        fraction.length - Number(exponent) > maxNumericScale ||
+        (first >= 0 && whole.length - 1 - first + Number(exponent) > maxNumericWeight)
+      ) {
+        return `has a number PostgreSQL cannot store: ${m[0].length > 24 ? `${m[0].slice(0, 24)}…` : m[0]}`;
+      }
+    } else {
+      i++;
+    }
+  }
+  return undefined;
 }
 
 // RFC 3339 has four-digit years: 0000-01-01 to 9999-12-31, in microseconds.

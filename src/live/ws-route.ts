@@ -177,7 +177,8 @@ export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStat
   const tick = setInterval(
     () => {
       const now = Date.now();
-      const ping = now - lastPing >= settings.heartbeatMs;
+      // A tick may run a little early or late; within a tenth of the interval counts as due.
+      const ping = now - lastPing >= settings.heartbeatMs * 0.9;
       if (ping) lastPing = now;
       for (const conn of connections) {
         const sub = conn.subscription;
@@ -210,7 +211,7 @@ export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStat
         }
       }
     },
-    Math.min(settings.heartbeatMs, 1_000),
+    Math.min(settings.heartbeatMs / 2, 1_000),
   );
   tick.unref();
   app.addHook("onClose", async () => clearInterval(tick));
