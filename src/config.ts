@@ -242,6 +242,13 @@ export const settings = {
     10_000,
     "Concurrent HTTP/2 streams per agent connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).",
   ),
+  http2KeepaliveMs: integer(
+    "TRIPWIRE_HTTP2_KEEPALIVE_MS",
+    30_000,
+    0,
+    3_600_000,
+    "Interval of HTTP/2 pings to agents; a connection that does not answer one in time is closed and its streams freed. 0: off.",
+  ),
   maxEventDetailBytes: integer(
     "TRIPWIRE_MAX_EVENT_DETAIL_BYTES",
     65_536,

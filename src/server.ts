@@ -61,12 +61,14 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
             closeGraceMs: config.shutdownTimeoutMs,
             prefaceTimeoutMs: 10_000,
             http2Settings: { maxConcurrentStreams: config.maxStreamsPerConnection },
+            keepaliveMs: config.http2KeepaliveMs,
           })
         : createTlsServer(handler, {
             tls,
             closeGraceMs: config.shutdownTimeoutMs,
             handshakeTimeoutMs: 10_000,
             http2Settings: { maxConcurrentStreams: config.maxStreamsPerConnection },
+            keepaliveMs: config.http2KeepaliveMs,
           }),
     // Closing answers new requests with 503 by setting `Connection: close`, which is not
     // allowed on HTTP/2 responses; our close path refuses new streams with GOAWAY instead.

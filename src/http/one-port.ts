@@ -10,6 +10,7 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import type * as net from "node:net";
+import { keepSessionAlive } from "./keepalive.js";
 
 const preface = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 
@@ -18,6 +19,8 @@ type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
 
 /** Settings of the one-port server. */
 export interface OnePortOptions {
+  /** Interval of HTTP/2 keepalive pings; a session that misses one is destroyed (0: off). */
+  readonly keepaliveMs?: number;
   /** How long a closing server lets HTTP/2 sessions finish before destroying them. */
   readonly closeGraceMs: number;
   /** How long a new connection may take to send its first bytes. */
@@ -43,6 +46,7 @@ export function createOnePortServer(handler: Handler, options: OnePortOptions): 
     session.once("close", () => sessions.delete(session));
     // A session error (peer reset, bad frame) must not become an uncaught exception.
     session.on("error", () => {});
+    keepSessionAlive(session, options.keepaliveMs ?? 0);
   });
 
   const h1ConnectionListeners = h1.listeners("connection") as Array<(s: net.Socket) => void>;

@@ -13,6 +13,7 @@ import * as http2 from "node:http2";
 import type * as net from "node:net";
 import type * as tls from "node:tls";
 import { type Config, ConfigError } from "../config.js";
+import { keepSessionAlive } from "./keepalive.js";
 
 /** Fastify's request handler; both protocols reach it through Node's compatibility API. */
 type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void;
@@ -28,6 +29,8 @@ export interface TlsMaterial {
 /** Settings of the TLS server. */
 export interface TlsServerOptions {
   readonly tls: TlsMaterial;
+  /** Interval of HTTP/2 keepalive pings; a session that misses one is destroyed (0: off). */
+  readonly keepaliveMs?: number;
   /** How long a closing server lets HTTP/2 sessions finish before destroying them. */
   readonly closeGraceMs: number;
   /** How long a new connection may take to complete its TLS handshake. */
@@ -109,6 +112,7 @@ export function createTlsServer(handler: Handler, options: TlsServerOptions): ht
     session.once("close", () => sessions.delete(session));
     // A session error (peer reset, bad frame) must not become an uncaught exception.
     session.on("error", () => {});
+    keepSessionAlive(session, options.keepaliveMs ?? 0);
   });
 
   // TCP connections whose TLS handshake has not finished, by their address 4-tuple (the
