@@ -22,7 +22,7 @@ export interface LiveAlert {
  * here, so a thousand subscribers share one string.
  */
 export class LiveBatch {
-  #framesV1: string | undefined;
+  #framesV1: Buffer | undefined;
 
   constructor(
     readonly alerts: readonly LiveAlert[],
@@ -38,9 +38,12 @@ export class LiveBatch {
     return new LiveBatch(alerts, first.seq, last.seq);
   }
 
-  /** The version-1 `alerts` message carrying every alert of the batch. */
-  get frameV1(): string {
-    this.#framesV1 ??= alertsFrame(this.alerts);
+  /**
+   * The version-1 `alerts` message carrying every alert of the batch, encoded once as
+   * UTF-8: every subscriber's socket gets the same bytes, with no per-subscriber encoding.
+   */
+  get frameV1(): Buffer {
+    this.#framesV1 ??= Buffer.from(alertsFrame(this.alerts));
     return this.#framesV1;
   }
 }

@@ -225,10 +225,25 @@ function closeSlow(conn: Connection): void {
   setTimeout(() => conn.socket.terminate(), 2_000).unref();
 }
 
-function send(conn: Connection, frame: string, done?: () => void): void {
+const textFrame = { binary: false } as const;
+
+/** Sends one text message; a Buffer is sent as it is (already UTF-8), not re-encoded. */
+function send(conn: Connection, frame: string | Buffer, done?: () => void): void {
   conn.lastSentAt = Date.now();
-  if (done === undefined) conn.socket.send(frame);
-  else conn.socket.send(frame, () => done());
+  if (done === undefined) conn.socket.send(frame, textFrame);
+  else conn.socket.send(frame, textFrame, () => done());
+}
+
+/** Version-0 frames as UTF-8, encoded once per alert however many subscribers get it. */
+const frameBytes = new WeakMap<LiveAlert, Buffer>();
+
+function bytesOf(alert: LiveAlert): Buffer {
+  let bytes = frameBytes.get(alert);
+  if (bytes === undefined) {
+    bytes = Buffer.from(alert.frame);
+    frameBytes.set(alert, bytes);
+  }
+  return bytes;
 }
 
 /** Sends alerts (already filtered) in the connection's version; resolves when it may send more. */
@@ -259,8 +274,8 @@ function sendAlerts(
   for (let i = 0; i < alerts.length; i++) {
     const alert = alerts[i] as LiveAlert;
     if (i === alerts.length - 1 && wait)
-      result = new Promise((resolve) => send(conn, alert.frame, resolve));
-    else send(conn, alert.frame);
+      result = new Promise((resolve) => send(conn, bytesOf(alert), resolve));
+    else send(conn, bytesOf(alert));
   }
   raw.uncork();
   return result;
