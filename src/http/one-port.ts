@@ -69,6 +69,7 @@ export function createOnePortServer(handler: Handler, options: OnePortOptions): 
       if (isPrefix && seen.length < preface.length) return; // need more bytes to decide
       socket.off("data", onData);
       socket.off("error", onEarlyError);
+      socket.off("end", onEarlyEnd);
       socket.setTimeout(0);
       undecided.delete(socket);
       socket.pause();
@@ -84,8 +85,14 @@ export function createOnePortServer(handler: Handler, options: OnePortOptions): 
     const onEarlyError = (): void => {
       socket.destroy();
     };
+    // A peer that ends its side before showing a protocol never will; without this the
+    // half-open socket (http.Server allows those) would wait for the preface timeout.
+    const onEarlyEnd = (): void => {
+      socket.destroy();
+    };
     socket.on("data", onData);
     socket.on("error", onEarlyError);
+    socket.on("end", onEarlyEnd);
   });
 
   const close = h1.close.bind(h1);

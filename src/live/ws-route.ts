@@ -292,7 +292,9 @@ async function serve(
   let filter: FeedFilter = p.filter;
   const abort = new AbortController();
   socket.once("close", () => abort.abort());
-  socket.on("error", () => socket.terminate());
+  // ws closes the connection itself on a protocol error (1002/1007/1009); terminating
+  // here could cut off that close frame.
+  socket.on("error", () => {});
 
   // Subscribe before reading the watermark: every alert above it arrives live.
   const subscription = feed.subscribe(abort.signal);
