@@ -17,7 +17,15 @@ async function main(): Promise<void> {
         }
       : { dataDir: config.dataDir },
   );
-  const { app } = await buildServer({ config, database });
+  let built: Awaited<ReturnType<typeof buildServer>>;
+  try {
+    built = await buildServer({ config, database });
+  } catch (err) {
+    // Close the pool, or its connections keep the process alive after the error.
+    await database.close().catch(() => {});
+    throw err;
+  }
+  const { app } = built;
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;

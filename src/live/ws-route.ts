@@ -195,7 +195,9 @@ export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStat
           }
         }
         if (!ping) continue;
-        if (!conn.alive) {
+        // A pong queues behind data the client has not read yet: a client that is behind
+        // is left to the too-slow rule (4008) rather than taken for dead.
+        if (!conn.alive && conn.socket.bufferedAmount === 0) {
           stats.deadTerminated++;
           connections.delete(conn);
           conn.socket.terminate();
