@@ -6,28 +6,8 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { InProcessBroadcaster, type Subscription } from "../../src/broadcast/broadcaster.js";
 import type { LiveAlert } from "../../src/broadcast/live-batch.js";
-import type { Logger } from "../../src/logger.js";
 import { type NewAlert, StoredAlert } from "../../src/storage/alert-types.js";
-
-/** A Logger that keeps every call, for asserting what was logged. */
-class RecordingLogger implements Logger {
-  readonly entries: Array<{ level: string; obj: object; msg: string }> = [];
-  error(obj: object, msg: string): void {
-    this.entries.push({ level: "error", obj, msg });
-  }
-  warn(obj: object, msg: string): void {
-    this.entries.push({ level: "warn", obj, msg });
-  }
-  info(obj: object, msg: string): void {
-    this.entries.push({ level: "info", obj, msg });
-  }
-  debug(obj: object, msg: string): void {
-    this.entries.push({ level: "debug", obj, msg });
-  }
-  at(level: string): Array<{ obj: object; msg: string }> {
-    return this.entries.filter((e) => e.level === level);
-  }
-}
+import { RecordingLogger } from "../support/recording-logger.js";
 
 /** 2026-02-25T19:25:01.123456Z */
 const baseUs = 1_772_047_501_123_456n;

@@ -18,6 +18,7 @@ import { type AgentEvent, AlertService } from "../../src/gen/alert/alert_pb.js";
 import { decodeReply, makeEvent, register } from "../support/agent.js";
 import { backends, createTestDatabase, type TestDatabase } from "../support/databases.js";
 import { type RunningServer, startServer } from "../support/server.js";
+import { subscribers } from "../support/ws-client.js";
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -99,15 +100,6 @@ function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => voi
   return { promise, resolve };
 }
 
-/** Waits, with a deadline, for the /ws route to have subscribed (no event exists for it). */
-async function subscribers(server: RunningServer, count: number): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (server.broadcaster.size < count) {
-    if (Date.now() > deadline) throw new Error(`fewer than ${count} WebSocket subscribers`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
-
 describe.each(backends)("one port [%s]", (kind) => {
   let database: TestDatabase;
   let server: RunningServer;
@@ -175,7 +167,7 @@ describe.each(backends)("one port [%s]", (kind) => {
     const socket = new WebSocket(server.wsUrl);
     try {
       await once(socket, "open");
-      await subscribers(server, before + 1);
+      await subscribers(server.broadcaster, before + 1);
       const hostId = await register(server.grpcClient());
       expect(hostId).toMatch(uuidPattern);
       expect(socket.readyState).toBe(WebSocket.OPEN);
@@ -208,7 +200,7 @@ describe.each(backends)("one port [%s]", (kind) => {
     const socket = new WebSocket(own.wsUrl);
     const wsClosed = once(socket, "close");
     await once(socket, "open");
-    await subscribers(own, 1);
+    await subscribers(own.broadcaster, 1);
 
     // One event, answered; then the agent has nothing to say and keeps the stream open.
     const first = makeEvent(hostId);

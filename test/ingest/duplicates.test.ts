@@ -10,15 +10,7 @@ import { WebSocket } from "ws";
 import { makeEvent, register, streamAll } from "../support/agent.js";
 import { backends, createTestDatabase, type TestDatabase } from "../support/databases.js";
 import { type RunningServer, startServer } from "../support/server.js";
-
-/** Waits, with a deadline, until `count` subscribers exist (no event exists for it). */
-async function subscribers(server: RunningServer, count: number): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (server.broadcaster.size < count) {
-    if (Date.now() > deadline) throw new Error(`fewer than ${count} subscribers`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-}
+import { subscribers } from "../support/ws-client.js";
 
 describe.each(backends)("replayed alerts [%s]", (kind) => {
   let database: TestDatabase;
@@ -48,7 +40,7 @@ describe.each(backends)("replayed alerts [%s]", (kind) => {
     await once(socket, "open");
     const abort = new AbortController();
     const subscription = server.broadcaster.subscribe(abort.signal);
-    await subscribers(server, 2);
+    await subscribers(server.broadcaster, 2);
     const published: string[] = [];
     const consuming = (async () => {
       for await (const alert of subscription) published.push(alert.alertId);

@@ -5,7 +5,6 @@
 import { randomUUID } from "node:crypto";
 import { sql } from "drizzle-orm";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
-import type { Logger } from "../../src/logger.js";
 import { type AlertStore, createAlertStore } from "../../src/storage/alert-store.js";
 import type { NewAlert, StoredAlert } from "../../src/storage/alert-types.js";
 import {
@@ -15,26 +14,10 @@ import {
   type WriteOutcome,
 } from "../../src/storage/batch-writer.js";
 import { backends, createTestDatabase, type TestDatabase } from "../support/databases.js";
+import { RecordingLogger } from "../support/recording-logger.js";
 
 /** Far longer than any test: only size, flush() or close() can send a batch. */
 const never = 3_600_000;
-
-/** A Logger that keeps every call. */
-class RecordingLogger implements Logger {
-  readonly entries: Array<{ level: string; obj: object; msg: string }> = [];
-  error(obj: object, msg: string): void {
-    this.entries.push({ level: "error", obj, msg });
-  }
-  warn(obj: object, msg: string): void {
-    this.entries.push({ level: "warn", obj, msg });
-  }
-  info(obj: object, msg: string): void {
-    this.entries.push({ level: "info", obj, msg });
-  }
-  debug(obj: object, msg: string): void {
-    this.entries.push({ level: "debug", obj, msg });
-  }
-}
 
 /** The store, counting each insertAlerts call and its batch size, with failures on demand. */
 class StoreProbe implements AlertStore {
