@@ -235,6 +235,13 @@ export const settings = {
     100_000_000,
     "Events one host may send at once above its rate before it is limited.",
   ),
+  maxStreamsPerHost: integer(
+    "TRIPWIRE_MAX_STREAMS_PER_HOST",
+    4,
+    0,
+    10_000,
+    "Concurrent StreamAlerts streams sending for one host; a stream beyond it ends with RESOURCE_EXHAUSTED. 0: no limit.",
+  ),
   maxStreamsPerConnection: integer(
     "TRIPWIRE_MAX_STREAMS_PER_CONNECTION",
     100,

@@ -149,6 +149,7 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
           limits: config,
           shutdown: shutdown.signal,
           clientAuth: tls?.clientCa === undefined ? "off" : config.tlsClientAuth,
+          maxStreamsPerHost: config.maxStreamsPerHost,
           rateLimiter: new HostRateLimiter({
             ratePerSecond: config.hostRateLimit,
             burst: config.hostRateBurst,

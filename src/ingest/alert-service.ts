@@ -36,6 +36,8 @@ export interface AlertServiceDeps {
   readonly shutdown: AbortSignal;
   /** Per-host event rate limit; none when omitted. */
   readonly rateLimiter?: HostRateLimiter;
+  /** Most concurrent StreamAlerts streams sending for one host (0: no limit). */
+  readonly maxStreamsPerHost?: number;
   /** Whether calls need a verified client certificate; default `off` (no client CA). */
   readonly clientAuth?: ClientAuthMode;
 }
@@ -65,6 +67,8 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
   const { store, writer, hosts, log, limits, shutdown } = deps;
   const clientAuth = deps.clientAuth ?? "off";
   const rateLimiter = deps.rateLimiter ?? new HostRateLimiter({ ratePerSecond: 0, burst: 0 });
+  // Open streams per host_id they have sent for.
+  const hostStreams = new Map<string, number>();
 
   return {
     async registerAgent(req, ctx) {
@@ -100,6 +104,8 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
         shutdown,
         clientAuth,
         rateLimiter,
+        hostStreams,
+        maxStreamsPerHost: deps.maxStreamsPerHost ?? 0,
       });
     },
   };
@@ -133,6 +139,8 @@ async function* streamReplies(
   deps: Pick<AlertServiceDeps, "writer" | "hosts" | "limits" | "shutdown"> & {
     readonly clientAuth: ClientAuthMode;
     readonly rateLimiter: HostRateLimiter;
+    readonly hostStreams: Map<string, number>;
+    readonly maxStreamsPerHost: number;
   },
 ): AsyncGenerator<ServerCommand> {
   const { writer, hosts, limits, shutdown } = deps;
@@ -143,6 +151,8 @@ async function* streamReplies(
   let readerDone = false;
   let readerError: unknown;
   let stoppedByShutdown = false;
+  // The hosts this stream counts against in hostStreams, released when it ends.
+  const claimed = new Set<string>();
   let wakeWriter: (() => void) | undefined;
   let wakeReader: (() => void) | undefined;
 
@@ -193,6 +203,17 @@ async function* streamReplies(
       if (agentHostname !== undefined && hostname !== agentHostname) {
         reply(errorCommand(ev.alertId, "host_id does not belong to this agent"));
         continue;
+      }
+      if (!claimed.has(event.hostId)) {
+        const open = deps.hostStreams.get(event.hostId) ?? 0;
+        if (deps.maxStreamsPerHost > 0 && open >= deps.maxStreamsPerHost) {
+          throw new ConnectError(
+            `too many concurrent streams for this host (at most ${deps.maxStreamsPerHost}); use one stream per agent`,
+            Code.ResourceExhausted,
+          );
+        }
+        deps.hostStreams.set(event.hostId, open + 1);
+        claimed.add(event.hostId);
       }
       if (!deps.rateLimiter.take(event.hostId)) {
         reply(
@@ -252,6 +273,11 @@ async function* streamReplies(
     }
     if (readerError !== undefined) throw readerError;
   } finally {
+    for (const hostId of claimed) {
+      const left = (deps.hostStreams.get(hostId) ?? 1) - 1;
+      if (left <= 0) deps.hostStreams.delete(hostId);
+      else deps.hostStreams.set(hostId, left);
+    }
     ctx.signal.removeEventListener("abort", onAbort);
     shutdown.removeEventListener("abort", onAbort);
   }
