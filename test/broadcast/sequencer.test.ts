@@ -11,27 +11,7 @@ import {
   Sequencer,
   type SequencerOptions,
 } from "../../src/broadcast/sequencer.js";
-import type { Logger } from "../../src/logger.js";
-
-/** A Logger that keeps every call. */
-class RecordingLogger implements Logger {
-  readonly entries: Array<{ level: string; msg: string }> = [];
-  error(_obj: object, msg: string): void {
-    this.entries.push({ level: "error", msg });
-  }
-  warn(_obj: object, msg: string): void {
-    this.entries.push({ level: "warn", msg });
-  }
-  info(_obj: object, msg: string): void {
-    this.entries.push({ level: "info", msg });
-  }
-  debug(_obj: object, msg: string): void {
-    this.entries.push({ level: "debug", msg });
-  }
-  at(level: string): string[] {
-    return this.entries.filter((e) => e.level === level).map((e) => e.msg);
-  }
-}
+import { RecordingLogger } from "../support/recording-logger.js";
 
 function alert(seq: number): LiveAlert {
   return new JsonAlert(
@@ -313,12 +293,12 @@ describe("Sequencer", () => {
     await vi.advanceTimersByTimeAsync(100);
     await settle();
     expect(out.batches).toEqual([]);
-    expect(log.at("warn")).toEqual(["live feed could not read missed alerts; will retry"]);
+    expect(log.messages("warn")).toEqual(["live feed could not read missed alerts; will retry"]);
 
     await vi.advanceTimersByTimeAsync(100);
     await settle();
     expect(out.batches).toEqual([]);
-    expect(log.at("warn")).toHaveLength(2);
+    expect(log.messages("warn")).toHaveLength(2);
 
     await vi.advanceTimersByTimeAsync(100);
     await out.through(4);
@@ -405,7 +385,7 @@ describe("Sequencer", () => {
 
     expect(calls).toBe(2);
     expect(sequencer.watermark).toBe(2);
-    expect(log.at("error")).toEqual(["live feed consumer threw", "live feed consumer threw"]);
+    expect(log.messages("error")).toEqual(["live feed consumer threw", "live feed consumer threw"]);
   });
 
   it("emits nothing and reads nothing once closed", async () => {

@@ -5,11 +5,9 @@
  * database and learn of each other's commits only from that database (no Redis).
  */
 import { randomUUID } from "node:crypto";
-import { once } from "node:events";
 import { sql } from "drizzle-orm";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { WebSocket } from "ws";
 import { silentLogger } from "../../src/logger.js";
 import { createAlertStore } from "../../src/storage/alert-store.js";
 import type { NewAlert, StoredAlert } from "../../src/storage/alert-types.js";
@@ -17,101 +15,8 @@ import { BatchWriter } from "../../src/storage/batch-writer.js";
 import { type Database, openDatabase } from "../../src/storage/database.js";
 import { makeEvent, register, streamAll } from "../support/agent.js";
 import { backends, createTestDatabase, type TestDatabase } from "../support/databases.js";
+import { type Received, ResumingClient, storedAlerts } from "../support/resuming-client.js";
 import { type RunningServer, startServer } from "../support/server.js";
-
-/** What a client keeps of an alert. */
-interface Received {
-  readonly seq: number;
-  readonly alert_id: string;
-}
-
-/**
- * A version-1 /ws client that keeps every alert it received over all its connections and
- * resumes with `since` = the highest seq it has.
- */
-class ResumingClient {
-  readonly items: Received[] = [];
-  /** `dropped`, `reset` and `error` messages: the guarantee does not cover those. */
-  readonly notices: string[] = [];
-  /** Alerts that arrived out of seq order or twice, as they arrived. */
-  readonly outOfOrder: number[] = [];
-  connections = 0;
-  #socket: WebSocket | undefined;
-  #waiters: Array<{ seq: number; resolve: () => void }> = [];
-
-  get lastSeq(): number {
-    return this.items.at(-1)?.seq ?? 0;
-  }
-
-  /** Connects with `since` and resolves once the replay is done (the `live` message). */
-  async connect(wsUrl: string): Promise<void> {
-    const socket = new WebSocket(`${wsUrl}?since=${this.lastSeq}`, ["tripwire.v1"]);
-    this.#socket = socket;
-    this.connections++;
-    const live = new Promise<void>((resolve, reject) => {
-      socket.once("close", (code) => reject(new Error(`closed (${code}) before "live"`)));
-      socket.on("message", (data) => {
-        const text = String(data);
-        const message = JSON.parse(text) as { type: string; items?: Received[] };
-        if (message.type === "alerts") this.#take(message.items ?? []);
-        else if (message.type === "live") resolve();
-        else if (message.type !== "hello" && message.type !== "heartbeat") this.notices.push(text);
-      });
-    });
-    await once(socket, "open");
-    expect(socket.protocol).toBe("tripwire.v1");
-    await live;
-  }
-
-  /** Closes the connection and waits until it is closed. */
-  async disconnect(): Promise<void> {
-    const socket = this.#socket;
-    this.#socket = undefined;
-    if (socket === undefined || socket.readyState === socket.CLOSED) return;
-    const closed = once(socket, "close");
-    socket.close();
-    await closed;
-  }
-
-  /** Resolves once an alert with seq ≥ `seq` arrived; rejects after `ms` with what it has. */
-  until(seq: number, ms = 30_000): Promise<void> {
-    if (this.lastSeq >= seq) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`waited for seq ${seq}; the last seq received is ${this.lastSeq}`)),
-        ms,
-      );
-      this.#waiters.push({
-        seq,
-        resolve: () => {
-          clearTimeout(timer);
-          resolve();
-        },
-      });
-    });
-  }
-
-  #take(items: readonly Received[]): void {
-    for (const { seq, alert_id } of items) {
-      if (seq <= this.lastSeq) this.outOfOrder.push(seq);
-      else this.items.push({ seq, alert_id });
-    }
-    const last = this.lastSeq;
-    this.#waiters = this.#waiters.filter((w) => {
-      if (last < w.seq) return true;
-      w.resolve();
-      return false;
-    });
-  }
-}
-
-/** Every stored alert, in seq order. */
-async function storedAlerts(database: Database): Promise<Received[]> {
-  const rows = await database.rows<{ seq: string; alert_id: string }>(
-    sql`select a.seq::text as seq, a.alert_id::text as alert_id from alerts a order by a.seq`,
-  );
-  return rows.map((r) => ({ seq: Number(r.seq), alert_id: r.alert_id }));
-}
 
 async function counter(database: Database): Promise<number> {
   const rows = await database.rows<{ last: string }>(
@@ -384,7 +289,7 @@ describe.each(backends)("concurrent writers and a resuming client [%s]", (kind) 
       );
       // Drop the connection once this round's alerts are flowing, and come back at once
       // (mid-run, with both instances still committing) with since = the last seq seen.
-      await Promise.race([resuming.until(seen + 1), streams]);
+      await Promise.race([resuming.untilSeq(seen + 1), streams]);
       await resuming.disconnect();
       await resuming.connect(a.wsUrl);
       await streams;
@@ -394,8 +299,8 @@ describe.each(backends)("concurrent writers and a resuming client [%s]", (kind) 
     expect(acked).toBe(rounds * agents.length * perAgentPerRound);
     expect(stored).toHaveLength(storedBefore + acked);
     const newest = stored.at(-1)?.seq as number;
-    await resuming.until(newest);
-    await steady.until(newest);
+    await resuming.untilSeq(newest);
+    await steady.untilSeq(newest);
 
     expect(resuming.connections).toBe(rounds + 1);
     expect(resuming.notices).toEqual([]);

@@ -9,10 +9,8 @@
 import { randomUUID } from "node:crypto";
 import { once } from "node:events";
 import { createServer } from "node:net";
-import { sql } from "drizzle-orm";
 import { Redis } from "ioredis";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { WebSocket } from "ws";
 import { type LiveAlert, LiveBatch } from "../../src/broadcast/live-batch.js";
 import { RedisRelay } from "../../src/broadcast/redis-relay.js";
 import type { Config } from "../../src/config.js";
@@ -21,32 +19,14 @@ import { StoredAlert } from "../../src/storage/alert-types.js";
 import { type Database, openDatabase } from "../../src/storage/database.js";
 import { makeEvent, register, streamAll } from "../support/agent.js";
 import { createTestDatabase, type TestDatabase } from "../support/databases.js";
+import { RecordingLogger } from "../support/recording-logger.js";
 import { type PrivateRedis, startPrivateRedis } from "../support/redis-server.js";
+import { type Received, ResumingClient, storedAlerts } from "../support/resuming-client.js";
 import { type RunningServer, startServer } from "../support/server.js";
 import { redisTargets } from "../support/services.js";
 
 /** The Redis suites that also need PostgreSQL run only when both are configured. */
 const postgresRedisTargets = process.env.TEST_DATABASE_URL === undefined ? [] : redisTargets;
-
-/** A Logger that keeps every message, by level. */
-class RecordingLogger implements Logger {
-  readonly entries: Array<{ level: string; msg: string }> = [];
-  error(_obj: object, msg: string): void {
-    this.entries.push({ level: "error", msg });
-  }
-  warn(_obj: object, msg: string): void {
-    this.entries.push({ level: "warn", msg });
-  }
-  info(_obj: object, msg: string): void {
-    this.entries.push({ level: "info", msg });
-  }
-  debug(_obj: object, msg: string): void {
-    this.entries.push({ level: "debug", msg });
-  }
-  at(level: string): string[] {
-    return this.entries.filter((e) => e.level === level).map((e) => e.msg);
-  }
-}
 
 /** Resolves once `condition()` holds; for states that no event announces. */
 async function until(what: string, condition: () => boolean, ms = 15_000): Promise<void> {
@@ -233,115 +213,10 @@ describe.each(redisTargets)("RedisRelay [%s]", () => {
 
     expect((await arriving).alerts.map((a) => a.seq)).toEqual([7]);
     expect(inbox.batches).toHaveLength(1);
-    expect(log.at("warn")).toContain("ignored a malformed message on the redis channel");
+    expect(log.messages("warn")).toContain("ignored a malformed message on the redis channel");
     expect(receiver.connected).toBe(true);
   });
 });
-
-/** What a client keeps of an alert. */
-interface Received {
-  readonly seq: number;
-  readonly alert_id: string;
-}
-
-/**
- * A version-1 /ws client that keeps every alert it received over all its connections and
- * resumes with `since` = the highest seq it has.
- */
-class ResumingClient {
-  readonly items: Received[] = [];
-  /** `dropped`, `reset` and `error` messages: the guarantee does not cover those. */
-  readonly notices: string[] = [];
-  /** Alerts that arrived out of seq order or twice, as they arrived. */
-  readonly outOfOrder: number[] = [];
-  readonly #ids = new Set<string>();
-  #socket: WebSocket | undefined;
-  #waiters: Array<{ done: () => boolean; resolve: () => void }> = [];
-
-  get lastSeq(): number {
-    return this.items.at(-1)?.seq ?? 0;
-  }
-
-  /** Connects with `since` and resolves once the replay is done (the `live` message). */
-  async connect(wsUrl: string): Promise<void> {
-    const socket = new WebSocket(`${wsUrl}?since=${this.lastSeq}`, ["tripwire.v1"]);
-    this.#socket = socket;
-    const live = new Promise<void>((resolve, reject) => {
-      socket.once("close", (code) => reject(new Error(`closed (${code}) before "live"`)));
-      socket.on("message", (data) => {
-        const text = String(data);
-        const message = JSON.parse(text) as { type: string; items?: Received[] };
-        if (message.type === "alerts") this.#take(message.items ?? []);
-        else if (message.type === "live") resolve();
-        else if (message.type !== "hello" && message.type !== "heartbeat") this.notices.push(text);
-      });
-    });
-    await once(socket, "open");
-    expect(socket.protocol).toBe("tripwire.v1");
-    await live;
-  }
-
-  /** Closes the connection and waits until it is closed. */
-  async disconnect(): Promise<void> {
-    const socket = this.#socket;
-    this.#socket = undefined;
-    if (socket === undefined || socket.readyState === socket.CLOSED) return;
-    const closed = once(socket, "close");
-    socket.close();
-    await closed;
-  }
-
-  /** Resolves once an alert with seq ≥ `seq` arrived; rejects after `ms`. */
-  untilSeq(seq: number, ms = 30_000): Promise<void> {
-    return this.#until(() => this.lastSeq >= seq, `seq ${seq}`, ms);
-  }
-
-  /** Resolves once the alert `alertId` arrived; rejects after `ms`. */
-  untilAlert(alertId: string, ms = 30_000): Promise<void> {
-    return this.#until(() => this.#ids.has(alertId), `alert ${alertId}`, ms);
-  }
-
-  #until(done: () => boolean, what: string, ms: number): Promise<void> {
-    if (done()) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`waited for ${what}; the last seq received is ${this.lastSeq}`)),
-        ms,
-      );
-      this.#waiters.push({
-        done,
-        resolve: () => {
-          clearTimeout(timer);
-          resolve();
-        },
-      });
-    });
-  }
-
-  #take(items: readonly Received[]): void {
-    for (const { seq, alert_id } of items) {
-      if (seq <= this.lastSeq) {
-        this.outOfOrder.push(seq);
-        continue;
-      }
-      this.items.push({ seq, alert_id });
-      this.#ids.add(alert_id);
-    }
-    this.#waiters = this.#waiters.filter((w) => {
-      if (!w.done()) return true;
-      w.resolve();
-      return false;
-    });
-  }
-}
-
-/** Every stored alert, in seq order. */
-async function storedAlerts(database: Database): Promise<Received[]> {
-  const rows = await database.rows<{ seq: string; alert_id: string }>(
-    sql`select a.seq::text as seq, a.alert_id::text as alert_id from alerts a order by a.seq`,
-  );
-  return rows.map((r) => ({ seq: Number(r.seq), alert_id: r.alert_id }));
-}
 
 /** What `got` lacks and what it has that `stored` does not (by seq and alert_id). */
 function difference(got: readonly Received[], stored: readonly Received[]) {

@@ -28,4 +28,8 @@ export class RecordingLogger implements Logger {
   at(level: string): LogEntry[] {
     return this.entries.filter((e) => e.level === level);
   }
+  /** The messages logged at one level, in order. */
+  messages(level: string): string[] {
+    return this.at(level).map((e) => e.msg);
+  }
 }
