@@ -77,20 +77,7 @@ async function openPostgres(options: {
   pool.on("error", () => {
     // An idle client lost its connection; the pool replaces it on next use.
   });
-  const db = drizzleNodePg(pool);
-  return {
-    kind: "postgres",
-    db,
-    async rows<T>(query: SQL) {
-      return (await db.execute(query)).rows as T[];
-    },
-    async ping() {
-      await db.execute(sql`select 1`);
-    },
-    async close() {
-      await pool.end();
-    },
-  };
+  return databaseOver("postgres", drizzleNodePg(pool), () => pool.end());
 }
 
 async function openPglite(dataDir: string | undefined): Promise<Database> {
@@ -98,17 +85,24 @@ async function openPglite(dataDir: string | undefined): Promise<Database> {
   await client.waitReady;
   const db = drizzlePglite(client);
   await migratePglite(db, { migrationsFolder });
+  return databaseOver("pglite", db, () => client.close());
+}
+
+/** The Database over a Drizzle handle; both drivers return `.rows`. */
+function databaseOver(
+  kind: DatabaseKind,
+  db: PgDatabase<PgQueryResultHKT>,
+  close: () => Promise<void>,
+): Database {
   return {
-    kind: "pglite",
+    kind,
     db,
     async rows<T>(query: SQL) {
-      return (await db.execute(query)).rows as T[];
+      return ((await db.execute(query)) as unknown as { rows: T[] }).rows;
     },
     async ping() {
       await db.execute(sql`select 1`);
     },
-    async close() {
-      await client.close();
-    },
+    close,
   };
 }
