@@ -7,7 +7,6 @@
  * clients get one `{"type":"alert","data":…}` frame per alert (the wire contract);
  * version 1 clients get one `alerts` frame per batch plus control messages.
  */
-import { createHash, timingSafeEqual } from "node:crypto";
 import type { Socket } from "node:net";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { WebSocket } from "ws";
@@ -15,6 +14,7 @@ import type { Subscription } from "../broadcast/broadcaster.js";
 import type { LiveAlert, LiveBatch } from "../broadcast/live-batch.js";
 import { alertsFrame } from "../broadcast/live-batch.js";
 import type { LiveFeed } from "../broadcast/live-feed.js";
+import { createViewerAccessCheck, type ViewerAccessSettings } from "../http/viewer-access.js";
 import type { Logger } from "../logger.js";
 import type { FeedStore } from "../storage/feed-store.js";
 import { describeFilter, type FeedFilter, isOpen, matches } from "./feed-filter.js";
@@ -26,15 +26,11 @@ export const closeGoingAway = 1001;
 export const closeTooSlow = 4008;
 
 /** Settings of the feed route. */
-export interface WsSettings {
+export interface WsSettings extends ViewerAccessSettings {
   readonly highWaterBytes: number;
   readonly replayLimit: number;
   readonly heartbeatMs: number;
   readonly slowCloseMs: number;
-  /** Accepted tokens; empty: the feed is open. */
-  readonly tokens: readonly string[];
-  /** Accepted Origin headers; empty: any. */
-  readonly allowedOrigins: readonly string[];
   readonly maxConnections: number;
   readonly maxConnectionsPerToken: number;
 }
@@ -66,15 +62,11 @@ interface Connection {
 
 const replayPage = 1_000;
 
-function digest(token: string): Buffer {
-  return createHash("sha256").update(token).digest();
-}
-
 /** Registers GET /ws on an app that has @fastify/websocket; returns its counters. */
 export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStats {
   const { settings, log } = deps;
   const stats: WsStats = { slowClosed: 0, deadTerminated: 0 };
-  const tokenDigests = settings.tokens.map(digest);
+  const checkAccess = createViewerAccessCheck(settings);
   const connections = new Set<Connection>();
   const params = new WeakMap<FastifyRequest, FeedParams>();
   /** Open connections per token (by its digest), for the per-token limit. */
@@ -94,31 +86,13 @@ export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStat
       await reply.code(503).send({ error: "too many feed connections; try another instance" });
       return;
     }
-    const origin = req.headers.origin;
-    if (
-      settings.allowedOrigins.length > 0 &&
-      origin !== undefined &&
-      !settings.allowedOrigins.includes(origin)
-    ) {
-      await reply.code(403).send({ error: `origin ${origin} is not allowed` });
+    const access = checkAccess(req);
+    if (!access.ok) {
+      await reply.code(access.status).send({ error: access.error });
       return;
     }
-    if (tokenDigests.length > 0) {
-      const fromQuery = (req.query as Record<string, unknown>).token;
-      const header = req.headers.authorization;
-      const token = header?.startsWith("Bearer ")
-        ? header.slice(7).trim()
-        : typeof fromQuery === "string"
-          ? fromQuery
-          : undefined;
-      const given = token === undefined ? undefined : digest(token);
-      if (given === undefined || !tokenDigests.some((d) => timingSafeEqual(d, given))) {
-        await reply
-          .code(401)
-          .send({ error: token === undefined ? "a token is required" : "the token is not valid" });
-        return;
-      }
-      const key = (given as Buffer).toString("hex");
+    const key = access.tokenKey;
+    if (key !== undefined) {
       if ((perToken.get(key) ?? 0) >= settings.maxConnectionsPerToken) {
         await reply.code(429).send({ error: "too many feed connections with this token" });
         return;
