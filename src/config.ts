@@ -214,6 +214,13 @@ export const settings = {
     1_000_000,
     "Un-ACKed events per agent stream; at the bound the server stops reading that stream until replies go out.",
   ),
+  replyStallTimeoutMs: integer(
+    "TRIPWIRE_REPLY_STALL_TIMEOUT_MS",
+    60_000,
+    100,
+    3_600_000,
+    "An agent stream whose replies could not be written for this long (the agent stopped reading them) is cancelled, freeing what it holds; the agent resends its un-ACKed events.",
+  ),
   maxPendingEvents: integer(
     "TRIPWIRE_MAX_PENDING_EVENTS",
     100_000,

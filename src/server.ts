@@ -18,6 +18,7 @@ import { peerContextValues } from "./ingest/agent-identity.js";
 import { createAlertService } from "./ingest/alert-service.js";
 import { HostDirectory } from "./ingest/host-directory.js";
 import { HostRateLimiter } from "./ingest/rate-limiter.js";
+import { cancelTransport, transportCanceller } from "./ingest/reply-stall-watch.js";
 import { registerDashboardRoutes } from "./live/dashboard-route.js";
 import { subprotocolV1 } from "./live/feed-params.js";
 import { closeGoingAway, registerWsRoute, type WsStats } from "./live/ws-route.js";
@@ -150,6 +151,7 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
           shutdown: shutdown.signal,
           clientAuth: tls?.clientCa === undefined ? "off" : config.tlsClientAuth,
           maxStreamsPerHost: config.maxStreamsPerHost,
+          replyStallTimeoutMs: config.replyStallTimeoutMs,
           rateLimiter: new HostRateLimiter({
             ratePerSecond: config.hostRateLimit,
             burst: config.hostRateBurst,
@@ -167,8 +169,13 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
     // Our own signal, not the plugin's shutdownTimeoutMs, whose timer keeps the process
     // alive for the whole timeout even when every stream has ended.
     shutdownSignal: rpcDeadline.signal,
-    // The caller's certificate status, from the TLS socket; the service decides per call.
-    contextValues: (req) => peerContextValues(req.raw.socket as Partial<TLSSocket> | null),
+    // The caller's certificate status, from the TLS socket (the service decides per call),
+    // and how to cancel the call's transport when its replies stall.
+    contextValues: (req) =>
+      peerContextValues(req.raw.socket as Partial<TLSSocket> | null).set(
+        cancelTransport,
+        transportCanceller(req.raw),
+      ),
   });
 
   await app.register(websocket, {

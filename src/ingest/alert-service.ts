@@ -17,6 +17,7 @@ import type { BatchWriter, WriteError } from "../storage/batch-writer.js";
 import { authenticateAgent, type ClientAuthMode } from "./agent-identity.js";
 import type { HostDirectory } from "./host-directory.js";
 import { HostRateLimiter } from "./rate-limiter.js";
+import { cancelTransport, ReplyStallWatch, type WatchedStream } from "./reply-stall-watch.js";
 import { type ValidationLimits, validateEvent } from "./validation.js";
 
 // Defined with the rest of the caller's identity; re-exported for existing importers.
@@ -38,6 +39,8 @@ export interface AlertServiceDeps {
   readonly rateLimiter?: HostRateLimiter;
   /** Most concurrent StreamAlerts streams sending for one host (0: no limit). */
   readonly maxStreamsPerHost?: number;
+  /** Cancel a stream whose replies could not be written for this long; default 60 s. */
+  readonly replyStallTimeoutMs?: number;
   /** Whether calls need a verified client certificate; default `off` (no client CA). */
   readonly clientAuth?: ClientAuthMode;
 }
@@ -69,6 +72,9 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
   const rateLimiter = deps.rateLimiter ?? new HostRateLimiter({ ratePerSecond: 0, burst: 0 });
   // Open streams per host_id they have sent for.
   const hostStreams = new Map<string, number>();
+  const stallWatch = new ReplyStallWatch(deps.replyStallTimeoutMs ?? 60_000, () =>
+    log.warn({}, "cancelled an agent stream that stopped reading its replies"),
+  );
 
   return {
     async registerAgent(req, ctx) {
@@ -106,6 +112,7 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
         rateLimiter,
         hostStreams,
         maxStreamsPerHost: deps.maxStreamsPerHost ?? 0,
+        stallWatch,
       });
     },
   };
@@ -141,6 +148,7 @@ async function* streamReplies(
     readonly rateLimiter: HostRateLimiter;
     readonly hostStreams: Map<string, number>;
     readonly maxStreamsPerHost: number;
+    readonly stallWatch: ReplyStallWatch;
   },
 ): AsyncGenerator<ServerCommand> {
   const { writer, hosts, limits, shutdown } = deps;
@@ -155,6 +163,33 @@ async function* streamReplies(
   const claimed = new Set<string>();
   let wakeWriter: (() => void) | undefined;
   let wakeReader: (() => void) | undefined;
+
+  // The generator is suspended at `yield` until connect-es has written the reply: a
+  // stamp that stays set means the agent stopped reading (or vanished without a reset
+  // that fails the write). Cancelling or aborting such a call does not resume the
+  // generator, so its resources are released there as well as in `finally`.
+  let released = false;
+  const cancelTransportOfCall = ctx.values.get(cancelTransport);
+  const watched: WatchedStream = {
+    writeStartedAt: 0,
+    cancel: () => {
+      release();
+      cancelTransportOfCall();
+    },
+  };
+  const unwatch = deps.stallWatch.watch(watched);
+  const release = (): void => {
+    if (released) return;
+    released = true;
+    unwatch();
+    for (const hostId of claimed) {
+      const left = (deps.hostStreams.get(hostId) ?? 1) - 1;
+      if (left <= 0) deps.hostStreams.delete(hostId);
+      else deps.hostStreams.set(hostId, left);
+    }
+    ctx.signal.removeEventListener("abort", onAbort);
+    shutdown.removeEventListener("abort", onAbort);
+  };
 
   const reply = (cmd: ServerCommand): void => {
     replies.push(cmd);
@@ -204,6 +239,7 @@ async function* streamReplies(
         reply(errorCommand(ev.alertId, "host_id does not belong to this agent"));
         continue;
       }
+      if (released) return;
       if (!claimed.has(event.hostId)) {
         const open = deps.hostStreams.get(event.hostId) ?? 0;
         if (deps.maxStreamsPerHost > 0 && open >= deps.maxStreamsPerHost) {
@@ -233,6 +269,7 @@ async function* streamReplies(
   };
 
   const onAbort = (): void => {
+    if (ctx.signal.aborted && watched.writeStartedAt !== 0) release();
     wakeReader?.();
     wakeWriter?.();
   };
@@ -254,7 +291,9 @@ async function* streamReplies(
     for (;;) {
       const cmd = replies.shift();
       if (cmd !== undefined) {
+        watched.writeStartedAt = Date.now();
         yield cmd;
+        watched.writeStartedAt = 0;
         inFlight--;
         const wake = wakeReader;
         wakeReader = undefined;
@@ -273,12 +312,6 @@ async function* streamReplies(
     }
     if (readerError !== undefined) throw readerError;
   } finally {
-    for (const hostId of claimed) {
-      const left = (deps.hostStreams.get(hostId) ?? 1) - 1;
-      if (left <= 0) deps.hostStreams.delete(hostId);
-      else deps.hostStreams.set(hostId, left);
-    }
-    ctx.signal.removeEventListener("abort", onAbort);
-    shutdown.removeEventListener("abort", onAbort);
+    release();
   }
 }

@@ -13,6 +13,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { sql } from "drizzle-orm";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { WebSocket } from "ws";
 import { type Database, type DatabaseKind, openDatabase } from "../../src/storage/database.js";
 import {
   type ChildDatabase,
@@ -382,8 +383,16 @@ describe.each(backends)(
       }, 60_000);
     });
 
-    it("SIGTERM with events in flight: the server exits 0, every ACKed alert is stored, the stream ends UNAVAILABLE", async () => {
+    it("SIGTERM with events in flight: the server exits 0, every ACKed alert is stored, the stream ends UNAVAILABLE, browsers get 1001", async () => {
       const server = await start();
+      const browser = new WebSocket(`ws://${server.target}/ws`);
+      const browserClosed = new Promise<number>((resolve) =>
+        browser.once("close", (code) => resolve(code)),
+      );
+      await new Promise<void>((resolve, reject) => {
+        browser.once("open", () => resolve());
+        browser.once("error", reject);
+      });
       const client = connect(server);
       const hostId = await registerAgent(client, `sigterm-${randomUUID().slice(0, 8)}`);
       const stream = open(client, endlessEvents(hostId), false);
@@ -394,6 +403,7 @@ describe.each(backends)(
       const status = await withDeadline(stream.finished, 10_000, "stream end after SIGTERM");
 
       expect(describeExit(exit)).toBe("code 0");
+      expect(await browserClosed).toBe(1001);
       expect(grpc.status[status.code]).toBe("UNAVAILABLE");
       expect(stream.sent.length).toBeGreaterThan(stream.acked.size);
       const acked = [...stream.acked];
