@@ -62,6 +62,57 @@ describe.each(backends.filter((k) => k === "postgres"))("PostgreSQL faults [%s]"
     }
   });
 
+  it("a database stalled under load: queued events stay within TRIPWIRE_MAX_PENDING_EVENTS, /healthz answers, and once it moves every event is ACKed and stored once", async () => {
+    const database = await openDatabase({ url: owner.url as string, statementTimeoutMs: 60_000 });
+    const maxPendingEvents = 300;
+    const server = await startServer(database, {
+      flushIntervalMs: 10,
+      batchSize: 100,
+      maxPendingEvents,
+    });
+    const locker = new pg.Client({ connectionString: owner.url });
+    await locker.connect();
+    try {
+      const agents = await Promise.all(
+        Array.from({ length: 4 }, async () => {
+          const client = server.grpcClient();
+          const hostId = await register(client);
+          return { client, events: Array.from({ length: 1_000 }, () => makeEvent(hostId)) };
+        }),
+      );
+      const count = async (): Promise<number> =>
+        (await owner.rows<{ n: number }>(sql`select count(*)::int as n from alerts`))[0]?.n ?? 0;
+      const before = await count();
+      await locker.query("begin");
+      await locker.query("lock table alerts in access exclusive mode");
+      const streams = agents.map(({ client, events }) => streamAll(client, events));
+
+      // The queue fills to its bound and stays there while the database does not move.
+      let highest = 0;
+      const deadline = Date.now() + 20_000;
+      while (server.writer.pendingCount < maxPendingEvents) {
+        if (Date.now() > deadline) throw new Error("the writer's queue never filled");
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      for (let i = 0; i < 20; i++) {
+        const health = await fetch(`${server.baseUrl}/healthz`);
+        expect(health.status).toBe(200);
+        highest = Math.max(highest, server.writer.pendingCount);
+      }
+      // Each of the 4 streams may add one event after the last room check.
+      expect(highest).toBeLessThanOrEqual(maxPendingEvents + 4);
+
+      await locker.query("rollback");
+      const replies = await Promise.all(streams);
+      for (const r of replies) expect(r.filter((x) => x.type !== "ACK")).toEqual([]);
+      expect((await count()) - before).toBe(4_000);
+    } finally {
+      await locker.end().catch(() => {});
+      await server.close();
+      await database.close();
+    }
+  });
+
   it("the database goes away and comes back: ERROR while down, /readyz 503, ACK and 200 after", async () => {
     const target = new URL(owner.url as string);
     const proxy: TcpProxy = await startTcpProxy({
