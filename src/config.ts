@@ -291,6 +291,13 @@ export const settings = {
     1_000_000,
     "Per-WebSocket-subscriber buffer, in committed batches; a full buffer drops alerts for that subscriber alone.",
   ),
+  wsCompression: oneOf(
+    "TRIPWIRE_WS_COMPRESSION",
+    ["on", "off"],
+    "on",
+    "on",
+    "Offer permessage-deflate on /ws: each batch is compressed once and the same frame goes to every version-1 subscriber that accepted it (about 7× fewer bytes).",
+  ),
   wsHighWaterBytes: integer(
     "TRIPWIRE_WS_HIGH_WATER_BYTES",
     1_048_576,

@@ -20,6 +20,7 @@ import { HostDirectory } from "./ingest/host-directory.js";
 import { HostRateLimiter } from "./ingest/rate-limiter.js";
 import { cancelTransport, transportCanceller } from "./ingest/reply-stall-watch.js";
 import { registerDashboardRoutes } from "./live/dashboard-route.js";
+import { perMessageDeflateOptions } from "./live/deflated-frame.js";
 import { subprotocolV1 } from "./live/feed-params.js";
 import { closeGoingAway, registerWsRoute, type WsStats } from "./live/ws-route.js";
 import { type AlertStore, createAlertStore } from "./storage/alert-store.js";
@@ -181,6 +182,7 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
   await app.register(websocket, {
     options: {
       maxPayload: config.wsMaxMessageBytes,
+      perMessageDeflate: config.wsCompression === "on" ? perMessageDeflateOptions : false,
       handleProtocols: (offered: Set<string>) =>
         offered.has(subprotocolV1) ? subprotocolV1 : false,
     },

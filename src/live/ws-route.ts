@@ -9,7 +9,7 @@
  */
 import type { Socket } from "node:net";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
-import type { WebSocket } from "ws";
+import { WebSocket } from "ws";
 import type { Subscription } from "../broadcast/broadcaster.js";
 import type { LiveAlert, LiveBatch } from "../broadcast/live-batch.js";
 import { alertsFrame } from "../broadcast/live-batch.js";
@@ -17,6 +17,7 @@ import type { LiveFeed } from "../broadcast/live-feed.js";
 import { createViewerAccessCheck, type ViewerAccessSettings } from "../http/viewer-access.js";
 import type { Logger } from "../logger.js";
 import type { FeedStore } from "../storage/feed-store.js";
+import { acceptsSharedDeflate, deflatedTextFrame } from "./deflated-frame.js";
 import { describeFilter, type FeedFilter, isOpen, matches } from "./feed-filter.js";
 import { FeedParamError, type FeedParams, parseFeedParams, parseFilter } from "./feed-params.js";
 
@@ -54,6 +55,8 @@ export interface WsStats {
 interface Connection {
   readonly socket: WebSocket;
   readonly version: 0 | 1;
+  /** Whole batches go out as the shared permessage-deflate frame (src/live/deflated-frame.ts). */
+  readonly sharedDeflate: boolean;
   alive: boolean;
   lastSentAt: number;
   lastSeq: number;
@@ -122,6 +125,7 @@ export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStat
     const conn: Connection = {
       socket,
       version: p.version,
+      sharedDeflate: p.version === 1 && acceptsSharedDeflate(socket.extensions),
       alive: true,
       lastSentAt: Date.now(),
       lastSeq: 0,
@@ -201,7 +205,8 @@ function closeSlow(conn: Connection): void {
   setTimeout(() => conn.socket.terminate(), 2_000).unref();
 }
 
-const textFrame = { binary: false } as const;
+// Never compressed by ws (see perMessageDeflateOptions): sends stay synchronous and in order.
+const textFrame = { binary: false, compress: false } as const;
 
 /** Sends one text message; a Buffer is sent as it is (already UTF-8), not re-encoded. */
 function send(conn: Connection, frame: string | Buffer, done?: () => void): void {
@@ -222,6 +227,18 @@ function bytesOf(alert: LiveAlert): Buffer {
   return bytes;
 }
 
+/** Each batch's `alerts` message as one compressed frame, built once for every socket. */
+const deflatedFrames = new WeakMap<LiveBatch, Buffer>();
+
+function deflatedFrameOf(batch: LiveBatch): Buffer {
+  let frame = deflatedFrames.get(batch);
+  if (frame === undefined) {
+    frame = deflatedTextFrame(batch.frameV1);
+    deflatedFrames.set(batch, frame);
+  }
+  return frame;
+}
+
 /** Sends alerts (already filtered) in the connection's version; resolves when it may send more. */
 function sendAlerts(
   conn: Connection,
@@ -235,6 +252,18 @@ function sendAlerts(
   conn.lastSeq = last.seq;
   // Past the high-water mark, the caller waits until this write reaches the socket.
   const wait = conn.socket.bufferedAmount >= highWaterBytes;
+  if (conn.sharedDeflate && wholeBatch !== undefined) {
+    // ws writes uncompressed frames straight to this socket too (it never compresses for
+    // the feed), so writing the prebuilt frame here keeps every message in order.
+    if (conn.socket.readyState !== WebSocket.OPEN) return undefined;
+    conn.lastSentAt = Date.now();
+    const frame = deflatedFrameOf(wholeBatch);
+    if (!wait) {
+      raw.write(frame);
+      return undefined;
+    }
+    return new Promise((resolve) => raw.write(frame, () => resolve()));
+  }
   if (conn.version === 1) {
     // One frame per batch; a whole unfiltered batch reuses the frame shared by everyone.
     const frame = wholeBatch !== undefined ? wholeBatch.frameV1 : alertsFrame(alerts);

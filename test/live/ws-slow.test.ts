@@ -4,6 +4,7 @@
  * shutdown. Real server, real gRPC agents, real `ws` clients whose TCP socket is paused
  * to play a browser that hangs.
  */
+import { randomBytes } from "node:crypto";
 import { sql } from "drizzle-orm";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Config } from "../../src/config.js";
@@ -21,8 +22,13 @@ import {
   subscribers,
 } from "../support/ws-client.js";
 
-/** About 60 kB of event_detail, so a few dozen alerts fill the socket buffers. */
-const bulky = new TextEncoder().encode(JSON.stringify({ blob: "x".repeat(60_000) }));
+/**
+ * About 60 kB of event_detail, so a few dozen alerts fill the socket buffers; random, so
+ * permessage-deflate (which the test clients accept) cannot shrink it.
+ */
+const bulky = new TextEncoder().encode(
+  JSON.stringify({ blob: randomBytes(45_000).toString("base64") }),
+);
 
 /** Filling socket buffers through the database takes a while on a busy machine. */
 const floodTimeoutMs = 90_000;

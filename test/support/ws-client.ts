@@ -42,6 +42,8 @@ export interface ConnectOptions {
   readonly origin?: string;
   /** Whether to answer pings (ws answers them by default). */
   readonly autoPong?: boolean;
+  /** Whether to offer permessage-deflate (ws offers it by default, as browsers do). */
+  readonly perMessageDeflate?: boolean;
 }
 
 /** A refusal before the upgrade: the HTTP status and the parsed JSON body. */
@@ -248,6 +250,9 @@ function clientOptions(options: ConnectOptions): ClientOptions {
     headers: { ...options.headers },
     ...(options.origin === undefined ? {} : { origin: options.origin }),
     ...(options.autoPong === undefined ? {} : { autoPong: options.autoPong }),
+    ...(options.perMessageDeflate === undefined
+      ? {}
+      : { perMessageDeflate: options.perMessageDeflate }),
   };
 }
 
