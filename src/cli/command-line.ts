@@ -20,7 +20,7 @@ export class UsageError extends Error {
 }
 
 /** The name users type, in messages. */
-export const programName = "tripwire-dashboard";
+const programName = "tripwire-dashboard";
 
 const commands = ["serve", "migrate", "check-config", "help"] as const;
 

@@ -9,7 +9,7 @@ const secretName = /TOKEN|SECRET|PASSWORD/i;
 const secretParam = /password|secret|token|key/i;
 
 /** Shown instead of a secret. */
-export const redacted = "***";
+const redacted = "***";
 
 /** `url` with its password and credential parameters replaced; other text unchanged. */
 export function redactUrl(text: string): string {
