@@ -1,68 +1,79 @@
+#!/usr/bin/env node
 /**
- * The server process: reads the configuration, opens the database, listens, and shuts
- * down gracefully on SIGTERM/SIGINT. The only file that touches `process`.
+ * The `tripwire-dashboard` process: reads the command line and the settings, runs the
+ * command (serve by default), and for `serve` shuts down gracefully on SIGTERM/SIGINT.
+ * The only file that touches `process`; the commands live in src/cli/.
  */
+import { checkConfig } from "./cli/check-config.js";
+import { helpPointer, helpText, parseCommandLine, UsageError } from "./cli/command-line.js";
+import { readConfigFile, type SettingsInput, settingsInput } from "./cli/config-file.js";
+import { MigrateError, runMigrate } from "./cli/migrate-command.js";
+import { startServing } from "./cli/serve-command.js";
+import { packageVersion } from "./cli/version.js";
 import { ConfigError, loadConfig } from "./config.js";
-import { buildServer } from "./server.js";
-import { openDatabase } from "./storage/database.js";
 
-async function main(): Promise<void> {
-  const config = loadConfig(process.env);
-  const database = await openDatabase(
-    config.databaseUrl !== undefined
-      ? {
-          url: config.databaseUrl,
-          poolSize: config.dbPoolSize,
-          statementTimeoutMs: config.dbStatementTimeoutMs,
-        }
-      : { dataDir: config.dataDir },
-  );
-  let built: Awaited<ReturnType<typeof buildServer>>;
-  try {
-    built = await buildServer({ config, database });
-  } catch (err) {
-    // Close the pool, or its connections keep the process alive after the error.
-    await database.close().catch(() => {});
-    throw err;
+/** Runs the command; resolves to its exit code, or undefined while the server runs. */
+async function main(argv: readonly string[]): Promise<number | undefined> {
+  const command = parseCommandLine(argv);
+  const version = packageVersion();
+  if (command.name === "help") {
+    process.stdout.write(helpText(version));
+    return 0;
   }
-  const { app } = built;
+  if (command.name === "version") {
+    process.stdout.write(`${version}\n`);
+    return 0;
+  }
+  const input: SettingsInput = settingsInput(
+    process.env,
+    command.configFile === undefined ? undefined : readConfigFile(command.configFile),
+  );
+  if (command.name === "check-config") {
+    process.stdout.write(checkConfig(input, command.configFile));
+    return 0;
+  }
+  const config = loadConfig(input.env);
+  if (command.name === "migrate") {
+    process.stdout.write(await runMigrate(config));
+    return 0;
+  }
+
+  const serving = await startServing(config, version);
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;
     stopping = true;
-    app.log.info({ signal }, "shutting down");
+    serving.app.log.info({ signal }, "shutting down");
     try {
-      await app.close();
-      await database.close();
+      await serving.close();
       process.exitCode = 0;
     } catch (err) {
-      app.log.error({ err }, "shutdown failed");
+      serving.app.log.error({ err }, "shutdown failed");
       process.exitCode = 1;
     }
   };
   process.once("SIGTERM", () => void stop("SIGTERM"));
   process.once("SIGINT", () => void stop("SIGINT"));
-
-  const listening = await app.listen({ port: config.port, host: config.host });
-  // Fastify names the scheme from its own https option, which a server factory bypasses.
-  const tls = config.tlsCert !== undefined;
-  const address = tls ? listening.replace(/^http:/, "https:") : listening;
-  const agents = !tls
-    ? "agents unauthenticated"
-    : config.tlsClientCa === undefined
-      ? "agents unauthenticated (no TRIPWIRE_TLS_CLIENT_CA)"
-      : `agent certificates ${config.tlsClientAuth === "require" ? "required" : "optional"}`;
-  app.log.info(
-    { address, database: database.kind, tls },
-    `tripwire-dashboard listening on ${address} (database: ${database.kind}; gRPC, gRPC-Web, Connect, WebSocket /ws; ${agents})`,
-  );
+  return undefined;
 }
 
-main().catch((err: unknown) => {
-  if (err instanceof ConfigError) {
-    console.error(`configuration error: ${err.message}`);
-  } else {
-    console.error("tripwire-dashboard failed to start:", err);
-  }
-  process.exitCode = 1;
-});
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code !== undefined) process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof UsageError) {
+      process.stderr.write(`tripwire-dashboard: ${err.message}\n${helpPointer}\n`);
+      process.exitCode = 2;
+    } else if (err instanceof ConfigError) {
+      process.stderr.write(`configuration error: ${err.message}\n`);
+      process.exitCode = 2;
+    } else if (err instanceof MigrateError) {
+      process.stderr.write(`migrate failed: ${err.message}\n`);
+      process.exitCode = 1;
+    } else {
+      console.error("tripwire-dashboard failed to start:", err);
+      process.exitCode = 1;
+    }
+  },
+);

@@ -2,6 +2,8 @@
  * Opens the database (PostgreSQL through a node-postgres pool, or the embedded PGlite)
  * and applies the migrations in drizzle/ before anything else touches it.
  */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { PGlite } from "@electric-sql/pglite";
 import { type SQL, sql } from "drizzle-orm";
@@ -51,19 +53,7 @@ async function openPostgres(options: {
   poolSize?: number;
   statementTimeoutMs?: number;
 }): Promise<Database> {
-  // Migrations run on a connection of their own, without the statement timeout.
-  const client = new pg.Client({ connectionString: options.url, connectionTimeoutMillis: 10_000 });
-  await client.connect();
-  try {
-    await client.query("select pg_advisory_lock($1)", [migrationLockKey]);
-    try {
-      await migrateNodePg(drizzleNodePg(client), { migrationsFolder });
-    } finally {
-      await client.query("select pg_advisory_unlock($1)", [migrationLockKey]);
-    }
-  } finally {
-    await client.end();
-  }
+  await migratePostgres(options.url);
   const timeout = options.statementTimeoutMs ?? 0;
   const pool = new pg.Pool({
     connectionString: options.url,
@@ -84,8 +74,88 @@ async function openPglite(dataDir: string | undefined): Promise<Database> {
   const client = dataDir === undefined ? new PGlite() : new PGlite(dataDir);
   await client.waitReady;
   const db = drizzlePglite(client);
-  await migratePglite(db, { migrationsFolder });
+  await applyMigrations(db, () => migratePglite(db, { migrationsFolder }));
   return databaseOver("pglite", db, () => client.close());
+}
+
+/** What `migrateDatabase` did. */
+export interface MigrationReport {
+  /** The migrations it applied, by tag (`0001_seq_in_commit_order`), oldest first. */
+  readonly applied: readonly string[];
+  /** The newest migration this version knows, which the database is now at. */
+  readonly latest: string | undefined;
+}
+
+/**
+ * Applies pending migrations and closes again, without opening a pool: for deployment
+ * pipelines (`tripwire-dashboard migrate`). Safe to run while instances start.
+ */
+export async function migrateDatabase(options: DatabaseOptions): Promise<MigrationReport> {
+  let applied: readonly string[];
+  if ("url" in options) {
+    applied = await migratePostgres(options.url);
+  } else {
+    const client = options.dataDir === undefined ? new PGlite() : new PGlite(options.dataDir);
+    try {
+      await client.waitReady;
+      const db = drizzlePglite(client);
+      applied = await applyMigrations(db, () => migratePglite(db, { migrationsFolder }));
+    } finally {
+      await client.close();
+    }
+  }
+  return { applied, latest: migrationJournal().at(-1)?.tag };
+}
+
+/** Migrates under an advisory lock, on a connection of its own without the statement timeout. */
+async function migratePostgres(url: string): Promise<readonly string[]> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+  await client.connect();
+  try {
+    await client.query("select pg_advisory_lock($1)", [migrationLockKey]);
+    try {
+      const db = drizzleNodePg(client);
+      return await applyMigrations(db, () => migrateNodePg(db, { migrationsFolder }));
+    } finally {
+      await client.query("select pg_advisory_unlock($1)", [migrationLockKey]);
+    }
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * Runs Drizzle's migrator and says which migrations it applied: those newer than the
+ * newest one recorded before, which is how the migrator itself picks them.
+ */
+async function applyMigrations(
+  db: PgDatabase<PgQueryResultHKT>,
+  migrate: () => Promise<void>,
+): Promise<readonly string[]> {
+  const rows = async <T>(query: SQL) =>
+    ((await db.execute(query)) as unknown as { rows: T[] }).rows;
+  const [table] = await rows<{ present: boolean }>(
+    sql`select to_regclass('drizzle.__drizzle_migrations') is not null as present`,
+  );
+  let newest: number | undefined;
+  if (table?.present === true) {
+    const [last] = await rows<{ newest: string | null }>(
+      sql`select max(created_at)::text as newest from drizzle.__drizzle_migrations`,
+    );
+    newest = last?.newest == null ? undefined : Number(last.newest);
+  }
+  await migrate();
+  return migrationJournal()
+    .filter((entry) => newest === undefined || entry.when > newest)
+    .map((entry) => entry.tag);
+}
+
+/** The migrations in drizzle/, oldest first, as drizzle-kit's journal lists them. */
+function migrationJournal(): readonly { tag: string; when: number }[] {
+  const journal = JSON.parse(
+    readFileSync(join(migrationsFolder, "meta", "_journal.json"), "utf8"),
+  ) as { entries: { tag: string; when: number }[] };
+  return journal.entries;
 }
 
 /** The Database over a Drizzle handle; both drivers return `.rows`. */
