@@ -276,6 +276,28 @@ describe.each(backends)("GET /metrics [%s]", (kind) => {
     expect(value(samples, "tripwire_events_in_flight")).toBe(0);
   });
 
+  it("an agent that goes away with events unanswered leaves no stream or in-flight event counted", async () => {
+    const server = await start({ flushIntervalMs: 60_000 });
+    const client = server.grpcClient();
+    const hostId = await register(client);
+    const abort = new AbortController();
+    async function* send(): AsyncGenerator<AgentEvent> {
+      yield makeEvent(hostId);
+      yield makeEvent(hostId);
+      yield makeEvent(hostId);
+      await new Promise((resolve) => abort.signal.addEventListener("abort", resolve));
+    }
+    const streaming = (async () => {
+      for await (const _ of client.streamAlerts(send(), { signal: abort.signal })) {
+      }
+    })().catch(() => {});
+    await scrapeUntil(server, "tripwire_events_in_flight", 3);
+    abort.abort();
+    await streaming;
+    await scrapeUntil(server, "tripwire_agent_streams_open", 0);
+    expect(value(await scrape(server), "tripwire_events_in_flight")).toBe(0);
+  });
+
   it("counts WebSocket subscribers while they are connected", async () => {
     const server = await start();
     expect(value(await scrape(server), "tripwire_ws_subscribers")).toBe(0);
