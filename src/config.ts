@@ -379,6 +379,11 @@ export const settings = {
     3_600_000,
     "How often the live feed checks the database for alerts that no message announced (other instances, Redis outages); 0: never.",
   ),
+  metricsToken: text(
+    "TRIPWIRE_METRICS_TOKEN",
+    "",
+    "Token that `GET /metrics` requires (`Authorization: Bearer` or `?token=`). Unset: /metrics is open to anyone who can reach the port.",
+  ),
   shutdownTimeoutMs: integer(
     "TRIPWIRE_SHUTDOWN_TIMEOUT_MS",
     10_000,

@@ -6,12 +6,12 @@ import type { TLSSocket } from "node:tls";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import websocket from "@fastify/websocket";
-import { sql } from "drizzle-orm";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
 import { type LiveFeed, startLiveFeed } from "./broadcast/live-feed.js";
 import type { Config } from "./config.js";
 import { AlertService } from "./gen/alert/alert_pb.js";
 import { jsonTextDecoder } from "./http/json-text-decoder.js";
+import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePortServer } from "./http/one-port.js";
 import { createTlsServer, readTlsMaterial } from "./http/tls.js";
 import { peerContextValues } from "./ingest/agent-identity.js";
@@ -23,9 +23,11 @@ import { registerDashboardRoutes } from "./live/dashboard-route.js";
 import { perMessageDeflateOptions } from "./live/deflated-frame.js";
 import { subprotocolV1 } from "./live/feed-params.js";
 import { closeGoingAway, registerWsRoute, type WsStats } from "./live/ws-route.js";
+import { createMetrics } from "./observability/metrics.js";
 import { type AlertStore, createAlertStore } from "./storage/alert-store.js";
 import { BatchWriter } from "./storage/batch-writer.js";
 import type { Database } from "./storage/database.js";
+import { checkDatabase } from "./storage/database-health.js";
 import { createFeedStore } from "./storage/feed-store.js";
 
 /** What the server is built from. The caller owns `database` and closes it after the app. */
@@ -82,6 +84,7 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
   const log = app.log;
   const store = deps.store ?? createAlertStore(database);
   const feedStore = createFeedStore(database);
+  const metrics = createMetrics();
   const broadcaster = await startLiveFeed({
     source: feedStore,
     bufferSize: config.subscriberBuffer,
@@ -100,6 +103,7 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
     maxConcurrentFlushes: database.kind === "pglite" ? 1 : config.maxConcurrentFlushes,
     maxPending: config.maxPendingEvents,
     onCommitted: (alerts) => broadcaster.publishBatch(alerts),
+    onFlush: metrics.onFlush,
     log: log.child({ component: "batch-writer" }),
   });
   const hosts = new HostDirectory(store);
@@ -120,21 +124,10 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
 
   app.get("/healthz", async () => ({ status: "ok" }));
   app.get("/readyz", async (_req, reply) => {
-    try {
-      await withTimeout(database.ping(), 2_000);
-    } catch (err) {
+    const health = await checkDatabase(database, writer, healthTimeoutMs);
+    if (!health.ok) {
       reply.code(503);
-      return { status: "unavailable", error: `database unreachable: ${rootMessage(err)}` };
-    }
-    if (writer.failing !== undefined) {
-      // The last batch failed (a lock held, a stall): ready again once the table answers.
-      try {
-        await withTimeout(database.rows(sql`select 1 from alerts limit 1`), 2_000);
-        writer.recovered();
-      } catch {
-        reply.code(503);
-        return { status: "unavailable", error: `database is not taking writes: ${writer.failing}` };
-      }
+      return { status: "unavailable", error: health.error };
     }
     return { status: "ready", database: database.kind };
   });
@@ -153,6 +146,7 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
           clientAuth: tls?.clientCa === undefined ? "off" : config.tlsClientAuth,
           maxStreamsPerHost: config.maxStreamsPerHost,
           replyStallTimeoutMs: config.replyStallTimeoutMs,
+          stats: metrics.ingest,
           rateLimiter: new HostRateLimiter({
             ratePerSecond: config.hostRateLimit,
             burst: config.hostRateBurst,
@@ -210,6 +204,13 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
   });
 
   registerDashboardRoutes(app);
+  metrics.watch({
+    feed: broadcaster,
+    wsStats,
+    writer,
+    databaseUp: async () => (await checkDatabase(database, writer, healthTimeoutMs)).ok,
+  });
+  registerMetricsRoute(app, { registry: metrics.registry, token: config.metricsToken });
 
   app.addHook("onClose", async () => {
     // Every event a stream has read is committed (and answered) before the database goes.
@@ -220,20 +221,8 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
   return { app, broadcaster, writer, wsStats };
 }
 
-/** The innermost cause's message (Drizzle wraps driver errors as "Failed query: …"). */
-function rootMessage(err: unknown): string {
-  let e = err;
-  for (let i = 0; i < 5 && e instanceof Error && e.cause !== undefined; i++) e = e.cause;
-  return e instanceof Error ? e.message : String(e);
-}
-
 /** connect-es's default, plus the decoder that keeps JSON error messages encodable. */
 const jsonCodecOptions = { ignoreUnknownFields: true, textDecoder: jsonTextDecoder };
 
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
+/** How long /readyz and the database metric wait for each database probe. */
+const healthTimeoutMs = 2_000;

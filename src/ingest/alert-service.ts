@@ -13,9 +13,10 @@ import {
 import type { Logger } from "../logger.js";
 import type { AlertStore } from "../storage/alert-store.js";
 import { nowMicros } from "../storage/alert-types.js";
-import type { BatchWriter, WriteError } from "../storage/batch-writer.js";
+import type { BatchWriter, WriteError, WriteOutcome } from "../storage/batch-writer.js";
 import { authenticateAgent, type ClientAuthMode } from "./agent-identity.js";
 import type { HostDirectory } from "./host-directory.js";
+import { createIngestStats, type IngestStats, type RejectReason } from "./ingest-stats.js";
 import { HostRateLimiter } from "./rate-limiter.js";
 import { cancelTransport, ReplyStallWatch, type WatchedStream } from "./reply-stall-watch.js";
 import { type ValidationLimits, validateEvent } from "./validation.js";
@@ -43,7 +44,16 @@ export interface AlertServiceDeps {
   readonly replyStallTimeoutMs?: number;
   /** Whether calls need a verified client certificate; default `off` (no client CA). */
   readonly clientAuth?: ClientAuthMode;
+  /** Where events are counted (for /metrics); uncounted when omitted. */
+  readonly stats?: IngestStats;
 }
+
+/** The reject reason of each way a write can fail. */
+const writeRejectReasons: Record<WriteError["reason"], RejectReason> = {
+  database: "database_unavailable",
+  rejected: "database_rejected",
+  closed: "shutting_down",
+};
 
 const maxHostFieldLength = 253;
 const maxMetaFieldLength = 256;
@@ -70,6 +80,7 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
   const { store, writer, hosts, log, limits, shutdown } = deps;
   const clientAuth = deps.clientAuth ?? "off";
   const rateLimiter = deps.rateLimiter ?? new HostRateLimiter({ ratePerSecond: 0, burst: 0 });
+  const stats = deps.stats ?? createIngestStats();
   // Open streams per host_id they have sent for.
   const hostStreams = new Map<string, number>();
   const stallWatch = new ReplyStallWatch(deps.replyStallTimeoutMs ?? 60_000, () =>
@@ -113,6 +124,7 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
         hostStreams,
         maxStreamsPerHost: deps.maxStreamsPerHost ?? 0,
         stallWatch,
+        stats,
       });
     },
   };
@@ -149,12 +161,16 @@ async function* streamReplies(
     readonly hostStreams: Map<string, number>;
     readonly maxStreamsPerHost: number;
     readonly stallWatch: ReplyStallWatch;
+    readonly stats: IngestStats;
   },
 ): AsyncGenerator<ServerCommand> {
-  const { writer, hosts, limits, shutdown } = deps;
+  const { writer, hosts, limits, shutdown, stats } = deps;
   // Before anything is read: an unauthenticated stream ends with Unauthenticated.
   const agentHostname = authenticateAgent(ctx.values, deps.clientAuth);
   const replies: ServerCommand[] = [];
+  // performance.now() when each reply's event was read (NaN for an ERROR), index for
+  // index with `replies`: a parallel array, so timing an ACK allocates nothing.
+  const readAt: number[] = [];
   let inFlight = 0;
   let readerDone = false;
   let readerError: unknown;
@@ -182,6 +198,9 @@ async function* streamReplies(
     if (released) return;
     released = true;
     unwatch();
+    stats.openStreams--;
+    // Events this stream read and will never answer (the agent went away, or shutdown).
+    stats.inFlight -= inFlight;
     for (const hostId of claimed) {
       const left = (deps.hostStreams.get(hostId) ?? 1) - 1;
       if (left <= 0) deps.hostStreams.delete(hostId);
@@ -191,11 +210,16 @@ async function* streamReplies(
     shutdown.removeEventListener("abort", onAbort);
   };
 
-  const reply = (cmd: ServerCommand): void => {
+  const reply = (cmd: ServerCommand, readAtMs = Number.NaN): void => {
     replies.push(cmd);
+    readAt.push(readAtMs);
     const wake = wakeWriter;
     wakeWriter = undefined;
     wake?.();
+  };
+  const reject = (alertId: string, reason: RejectReason, error: string): void => {
+    stats.rejected[reason]++;
+    reply(errorCommand(alertId, error));
   };
 
   const read = async (): Promise<void> => {
@@ -219,30 +243,37 @@ async function* streamReplies(
         return;
       }
       const ev = next.value;
+      const readAtMs = performance.now();
       inFlight++;
+      stats.inFlight++;
+      stats.received++;
       const verdict = validateEvent(ev, nowMicros(), limits);
       if (!verdict.ok) {
-        reply(errorCommand(ev.alertId, verdict.error));
+        reject(ev.alertId, verdict.kind, verdict.error);
         continue;
       }
       const event = verdict.event;
       const hostname = hosts.cached(event.hostId) ?? (await hosts.lookup(event.hostId));
       if (hostname === undefined) {
-        reply(
-          errorCommand(ev.alertId, "host_id is not a registered host; call RegisterAgent first"),
+        reject(
+          ev.alertId,
+          "unknown_host",
+          "host_id is not a registered host; call RegisterAgent first",
         );
         continue;
       }
       // Hostnames are unique and a host_id never changes hostname, so this is the check
       // "host_id is the one registered under the certificate's CN", at no extra lookup.
       if (agentHostname !== undefined && hostname !== agentHostname) {
-        reply(errorCommand(ev.alertId, "host_id does not belong to this agent"));
+        reject(ev.alertId, "host_mismatch", "host_id does not belong to this agent");
         continue;
       }
       if (released) return;
       if (!claimed.has(event.hostId)) {
         const open = deps.hostStreams.get(event.hostId) ?? 0;
         if (deps.maxStreamsPerHost > 0 && open >= deps.maxStreamsPerHost) {
+          // Not answered: the stream ends, and the agent sends the event again elsewhere.
+          stats.rejected.too_many_streams++;
           throw new ConnectError(
             `too many concurrent streams for this host (at most ${deps.maxStreamsPerHost}); use one stream per agent`,
             Code.ResourceExhausted,
@@ -252,18 +283,26 @@ async function* streamReplies(
         claimed.add(event.hostId);
       }
       if (!deps.rateLimiter.take(event.hostId)) {
-        reply(
-          errorCommand(
-            ev.alertId,
-            "rate limited: this host is sending faster than allowed; send it again later",
-          ),
+        reject(
+          ev.alertId,
+          "rate_limited",
+          "rate limited: this host is sending faster than allowed; send it again later",
         );
         continue;
       }
       const sentId = ev.alertId;
-      writer.enqueue({ ...event, hostname, receivedAtUs: nowMicros() }, (error?: WriteError) => {
-        reply(error === undefined ? ackCommand(sentId) : errorCommand(sentId, error.message));
-      });
+      writer.enqueue(
+        { ...event, hostname, receivedAtUs: nowMicros() },
+        (error: WriteError | undefined, outcome: WriteOutcome | undefined) => {
+          if (error !== undefined) {
+            reject(sentId, writeRejectReasons[error.reason], error.message);
+            return;
+          }
+          if (outcome?.status === "inserted") stats.accepted++;
+          else stats.duplicates++;
+          reply(ackCommand(sentId), readAtMs);
+        },
+      );
       if (!writer.hasRoom()) await writer.waitForRoom();
     }
   };
@@ -275,6 +314,7 @@ async function* streamReplies(
   };
   ctx.signal.addEventListener("abort", onAbort, { once: true });
   shutdown.addEventListener("abort", onAbort, { once: true });
+  stats.openStreams++;
   void read().then(
     () => {
       readerDone = true;
@@ -291,10 +331,14 @@ async function* streamReplies(
     for (;;) {
       const cmd = replies.shift();
       if (cmd !== undefined) {
+        const readAtMs = readAt.shift() as number;
+        if (!Number.isNaN(readAtMs)) stats.observeAckLatency((performance.now() - readAtMs) / 1000);
         watched.writeStartedAt = Date.now();
         yield cmd;
         watched.writeStartedAt = 0;
         inFlight--;
+        // After a release the stream's whole in-flight count was already taken off.
+        if (!released) stats.inFlight--;
         const wake = wakeReader;
         wakeReader = undefined;
         wake?.();

@@ -29,18 +29,24 @@ export interface ValidEvent {
   readonly eventDetailJson: string;
 }
 
+/**
+ * Which rule refused an event, as a fixed word for metrics labels: `too_large` (a size
+ * limit), `too_old` and `too_new` (the timestamp bounds), `invalid` (anything else).
+ */
+export type RefusalKind = "invalid" | "too_large" | "too_old" | "too_new";
+
 /** The result of validation: the event, or the reason it was refused. */
 export type Validation =
   | { readonly ok: true; readonly event: ValidEvent }
-  | { readonly ok: false; readonly error: string };
+  | { readonly ok: false; readonly error: string; readonly kind: RefusalKind };
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 // With the u flag a surrogate pair is one code point, so this matches only unpaired ones.
 const unpairedSurrogate = /[\ud800-\udfff]/u;
 
-function fail(error: string): Validation {
-  return { ok: false, error };
+function fail(error: string, kind: RefusalKind = "invalid"): Validation {
+  return { ok: false, error, kind };
 }
 
 /** Whether `s` is a UUID in its canonical 8-4-4-4-12 hex form. */
@@ -59,7 +65,7 @@ export function validateEvent(ev: AgentEvent, nowUs: bigint, limits: ValidationL
   if (!isUuid(ev.hostId)) return fail("host_id must be a UUID as returned by RegisterAgent");
   if (ev.ruleName === "") return fail("rule_name is required");
   if (ev.ruleName.length > limits.maxRuleNameLength) {
-    return fail(`rule_name is longer than ${limits.maxRuleNameLength} characters`);
+    return fail(`rule_name is longer than ${limits.maxRuleNameLength} characters`, "too_large");
   }
   if (ev.ruleName.includes("\u0000")) return fail("rule_name must not contain NUL characters");
   // Only Connect's JSON codec can deliver these (binary protobuf checks UTF-8); drivers
@@ -84,12 +90,14 @@ export function validateEvent(ev: AgentEvent, nowUs: bigint, limits: ValidationL
     return fail(
       `timestamp_us ${ts} (${describeMicros(ts)}) is older than the maximum event age of ` +
         `${limits.maxEventAgeSeconds} s (server time ${formatMicros(nowUs)}); check the agent's clock`,
+      "too_old",
     );
   }
   if (ts > newest) {
     return fail(
       `timestamp_us ${ts} (${describeMicros(ts)}) is more than ${limits.maxFutureSkewSeconds} s ` +
         `ahead of server time ${formatMicros(nowUs)}; check the agent's clock`,
+      "too_new",
     );
   }
 
@@ -97,7 +105,10 @@ export function validateEvent(ev: AgentEvent, nowUs: bigint, limits: ValidationL
   const detail = ev.eventDetailJson;
   if (detail.length > 0) {
     if (detail.length > limits.maxEventDetailBytes) {
-      return fail(`event_detail_json is larger than ${limits.maxEventDetailBytes} bytes`);
+      return fail(
+        `event_detail_json is larger than ${limits.maxEventDetailBytes} bytes`,
+        "too_large",
+      );
     }
     let text: string;
     try {

@@ -38,6 +38,8 @@ export interface BatchWriterOptions {
   readonly maxPending: number;
   /** Receives each committed batch's newly inserted alerts, in seq order. */
   readonly onCommitted: (alerts: readonly StoredAlert[]) => void;
+  /** Told of every INSERT statement: alerts in it and seconds it took, committed or not. */
+  readonly onFlush?: (alerts: number, seconds: number) => void;
   readonly log: Logger;
 }
 
@@ -184,9 +186,11 @@ export class BatchWriter {
     const unique = new Map<string, NewAlert>();
     for (const e of batch) if (!unique.has(e.alert.alertId)) unique.set(e.alert.alertId, e.alert);
     let inserted: Map<string, number>;
+    const started = performance.now();
     try {
       inserted = await this.#store.insertAlerts([...unique.values()]);
     } catch (err) {
+      this.#flushed(unique.size, started);
       if (isDataError(err) && unique.size > 1) {
         // One row the database refuses must not cost its neighbours: split and retry.
         const half = Math.ceil(batch.length / 2);
@@ -208,6 +212,7 @@ export class BatchWriter {
       for (const e of batch) safeCall(e.done, error, undefined, this.#options.log);
       return;
     }
+    this.#flushed(unique.size, started);
     this.#failedAt = 0;
     const published: StoredAlert[] = [];
     for (const [alertId, seq] of inserted) {
@@ -228,6 +233,14 @@ export class BatchWriter {
       } else {
         safeCall(e.done, undefined, duplicate, this.#options.log);
       }
+    }
+  }
+
+  #flushed(alerts: number, startedMs: number): void {
+    try {
+      this.#options.onFlush?.(alerts, (performance.now() - startedMs) / 1000);
+    } catch (err) {
+      this.#options.log.error({ err }, "recording a flush failed");
     }
   }
 }

@@ -63,6 +63,10 @@ describe("an agent that never reads its replies", () => {
     const rstCode = await closed;
     expect(rstCode).toBe(http2.constants.NGHTTP2_CANCEL);
     session.destroy();
+    // Nothing of it is left counted as open or in flight.
+    const metrics = await (await fetch(`${server.baseUrl}/metrics`)).text();
+    expect(metrics).toMatch(/^tripwire_agent_streams_open 0$/m);
+    expect(metrics).toMatch(/^tripwire_events_in_flight 0$/m);
 
     // The host's only stream slot (maxStreamsPerHost 1) was released: it may stream again.
     const again = await streamAll(server.grpcClient(), [makeEvent(hostId)]);

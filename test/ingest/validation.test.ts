@@ -289,4 +289,23 @@ describe("validateEvent", () => {
       expect(result.ok && result.event.eventDetailJson).toBe(text);
     });
   });
+
+  describe("refusal kinds (the reason label of tripwire_events_rejected_total)", () => {
+    it.each([
+      ["a rule_name over the length limit", { ruleName: "r".repeat(33) }, "too_large"],
+      [
+        "an event_detail_json over the size limit",
+        { eventDetailJson: encode(`{"p":"${"x".repeat(64)}"}`) },
+        "too_large",
+      ],
+      ["a timestamp past the maximum age", { timestampUs: nowUs - 301n * second }, "too_old"],
+      ["a timestamp past the future skew", { timestampUs: nowUs + 61n * second }, "too_new"],
+      ["an unknown severity", { severity: "LOUD" }, "invalid"],
+      ["a missing alert_id", { alertId: "" }, "invalid"],
+      ["an event_detail_json that is not JSON", { eventDetailJson: encode("{") }, "invalid"],
+    ] as const)("calls a refusal for %s %s", (_what, overrides, kind) => {
+      const result = check(overrides);
+      expect(result.ok ? "accepted" : result.kind).toBe(kind);
+    });
+  });
 });
