@@ -267,6 +267,7 @@ function withHeldHistory(database: Database): {
     db: database.db,
     ping: () => database.ping(),
     close: () => database.close(),
+    session: (work) => database.session(work),
     async rows<T>(query: SQL): Promise<T[]> {
       const h = hold;
       if (h !== undefined && /order by a\.seq desc/i.test(dialect.sqlToQuery(query).sql)) {
