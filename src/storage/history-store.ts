@@ -1,0 +1,94 @@
+/**
+ * Pages of stored alerts for GET /api/alerts: keyset pagination by seq (never OFFSET),
+ * with the feed's filters and a time range on the alert's timestamp.
+ */
+import { type SQL, sql } from "drizzle-orm";
+import type { LiveAlert } from "../broadcast/live-batch.js";
+import { allowedSeverities, type FeedFilter } from "../live/feed-filter.js";
+import type { Database } from "./database.js";
+import { type AlertRow, alertColumns, toAlert } from "./feed-store.js";
+
+/** Which alerts one page holds. `since` and `before` exclude each other. */
+export interface HistoryQuery {
+  /** Alerts with seq above this, oldest first. */
+  readonly since?: number | undefined;
+  /** Alerts with seq below this, newest first. Without `since` or `before`: the newest. */
+  readonly before?: number | undefined;
+  /** Alerts whose timestamp is at or after this (Unix epoch microseconds). */
+  readonly fromUs?: bigint | undefined;
+  /** Alerts whose timestamp is before this (Unix epoch microseconds). */
+  readonly toUs?: bigint | undefined;
+  readonly filter: FeedFilter;
+  /** At most this many alerts. */
+  readonly limit: number;
+}
+
+/** One page of alerts. */
+export interface HistoryPage {
+  /** In the page's order: seq ascending with `since`, descending otherwise. */
+  readonly alerts: readonly LiveAlert[];
+  /** Whether more alerts match beyond the last one of the page. */
+  readonly more: boolean;
+  /**
+   * The newest committed seq when the page was read: every alert up to it was visible to
+   * the page's query, so a live feed resumed from it (or from the newest alert of the
+   * page, if higher) misses nothing.
+   */
+  readonly latestSeq: number;
+}
+
+/** Reads pages of stored alerts. */
+export interface HistoryStore {
+  page(query: HistoryQuery): Promise<HistoryPage>;
+}
+
+/** The HistoryStore over a migrated Database. */
+export function createHistoryStore(database: Database): HistoryStore {
+  return {
+    async page(query) {
+      // Read first: seqs are handed out in commit order, so every alert up to it is
+      // committed and the page's query (a later snapshot) sees it.
+      const latest = await database.rows<{ last: string }>(
+        sql`select last::text as last from alert_seq where id = 1`,
+      );
+      const ascending = query.since !== undefined;
+      // One row more than asked tells whether there is a next page.
+      const rows = await database.rows<AlertRow>(sql`
+        select ${alertColumns} from alerts a join hosts h on h.host_id = a.host_id
+        where true ${conditions(query)}
+        order by a.seq ${ascending ? sql`asc` : sql`desc`} limit ${query.limit + 1}`);
+      const more = rows.length > query.limit;
+      if (more) rows.pop();
+      return { alerts: rows.map(toAlert), more, latestSeq: Number(latest[0]?.last ?? 0) };
+    },
+  };
+}
+
+function conditions(q: HistoryQuery): SQL {
+  const parts: SQL[] = [];
+  if (q.since !== undefined) parts.push(sql`and a.seq > ${q.since}`);
+  if (q.before !== undefined) parts.push(sql`and a.seq < ${q.before}`);
+  if (q.fromUs !== undefined) parts.push(sql`and a.timestamp >= ${micros(q.fromUs)}`);
+  if (q.toUs !== undefined) parts.push(sql`and a.timestamp < ${micros(q.toUs)}`);
+  const hosts = q.filter.hostIds === undefined ? undefined : [...q.filter.hostIds];
+  if (hosts?.length === 1) {
+    // A plain equality lets the planner walk alerts_host_seq_idx in seq order; `= any`
+    // of a one-element array does not (PostgreSQL 15).
+    parts.push(sql`and a.host_id = ${hosts[0]}::uuid`);
+  } else if (hosts !== undefined) {
+    parts.push(sql`and a.host_id = any(${sql.param(hosts)}::uuid[])`);
+  }
+  const severities = allowedSeverities(q.filter);
+  if (severities !== undefined) {
+    parts.push(sql`and a.severity = any(${sql.param(severities)}::text[])`);
+  }
+  if (q.filter.tripwireTypes !== undefined) {
+    parts.push(sql`and a.tripwire_type = any(${sql.param([...q.filter.tripwireTypes])}::text[])`);
+  }
+  return sql.join(parts, sql` `);
+}
+
+/** A timestamptz from epoch microseconds, computed as insert_alert_batch stores them. */
+function micros(us: bigint): SQL {
+  return sql`(timestamptz 'epoch' + ${us.toString()}::int8 * interval '1 microsecond')`;
+}
