@@ -8,6 +8,7 @@ import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import websocket from "@fastify/websocket";
 import { sql } from "drizzle-orm";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
+import { registerAlertsRoute } from "./api/alerts-route.js";
 import { type LiveFeed, startLiveFeed } from "./broadcast/live-feed.js";
 import type { Config } from "./config.js";
 import { AlertService } from "./gen/alert/alert_pb.js";
@@ -25,6 +26,8 @@ import { type AlertStore, createAlertStore } from "./storage/alert-store.js";
 import { BatchWriter } from "./storage/batch-writer.js";
 import type { Database } from "./storage/database.js";
 import { createFeedStore } from "./storage/feed-store.js";
+import { createHistoryStore } from "./storage/history-store.js";
+import { type RetentionJob, startRetention } from "./storage/retention.js";
 
 /** What the server is built from. The caller owns `database` and closes it after the app. */
 export interface ServerDeps {
@@ -43,6 +46,8 @@ export interface Server {
   readonly broadcaster: LiveFeed;
   readonly writer: BatchWriter;
   readonly wsStats: WsStats;
+  /** The retention job; undefined when TRIPWIRE_RETENTION_DAYS is 0 (keep everything). */
+  readonly retention: RetentionJob | undefined;
 }
 
 /**
@@ -201,14 +206,33 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
   });
 
   registerDashboardRoutes(app);
+  registerAlertsRoute(app, {
+    store: createHistoryStore(database),
+    access: { tokens: config.wsTokens, allowedOrigins: config.wsAllowedOrigins },
+    limits: { defaultLimit: config.apiDefaultLimit, maxLimit: config.apiMaxLimit },
+    log: log.child({ component: "api" }),
+  });
+  const retention =
+    config.retentionDays > 0
+      ? startRetention({
+          database,
+          settings: {
+            days: config.retentionDays,
+            intervalMs: config.retentionIntervalMs,
+            batchSize: config.retentionBatch,
+          },
+          log: log.child({ component: "retention" }),
+        })
+      : undefined;
 
   app.addHook("onClose", async () => {
+    await retention?.close();
     // Every event a stream has read is committed (and answered) before the database goes.
     await writer.close();
     broadcaster.close();
   });
 
-  return { app, broadcaster, writer, wsStats };
+  return { app, broadcaster, writer, wsStats, retention };
 }
 
 /** The innermost cause's message (Drizzle wraps driver errors as "Failed query: …"). */
