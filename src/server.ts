@@ -208,6 +208,7 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
   registerDashboardRoutes(app);
   registerAlertsRoute(app, {
     store: createHistoryStore(database),
+    feed: broadcaster,
     access: { tokens: config.wsTokens, allowedOrigins: config.wsAllowedOrigins },
     limits: { defaultLimit: config.apiDefaultLimit, maxLimit: config.apiMaxLimit },
     log: log.child({ component: "api" }),

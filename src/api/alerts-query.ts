@@ -34,7 +34,7 @@ const known = new Set([
 ]);
 
 /** Parses the query of GET /api/alerts. Throws FeedParamError. */
-export function parseAlertsQuery(query: Query, limits: PageLimits): HistoryQuery {
+export function parseAlertsQuery(query: Query, limits: PageLimits): Omit<HistoryQuery, "uptoSeq"> {
   for (const name of Object.keys(query)) {
     // A misspelt filter would otherwise widen the answer without a word.
     if (!known.has(name)) {

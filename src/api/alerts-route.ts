@@ -13,6 +13,8 @@ import { type PageLimits, parseAlertsQuery } from "./alerts-query.js";
 /** Dependencies of the route. */
 export interface AlertsRouteDeps {
   readonly store: HistoryStore;
+  /** Pages stop at its watermark, so a feed resumed from `latest_seq` can follow on. */
+  readonly feed: { readonly watermark: number };
   readonly access: ViewerAccessSettings;
   readonly limits: PageLimits;
   readonly log: Logger;
@@ -34,7 +36,7 @@ export function registerAlertsRoute(app: FastifyInstance, deps: AlertsRouteDeps)
     }
     let page: HistoryPage;
     try {
-      page = await deps.store.page(query);
+      page = await deps.store.page({ ...query, uptoSeq: deps.feed.watermark });
     } catch (err) {
       deps.log.error({ err }, "reading alert history failed");
       return reply.code(503).send({ error: "the alert history cannot be read now; try again" });

@@ -10,6 +10,8 @@ import { type AlertRow, alertColumns, toAlert } from "./feed-store.js";
 
 /** Which alerts one page holds. `since` and `before` exclude each other. */
 export interface HistoryQuery {
+  /** Only alerts with seq up to this: the live feed's watermark, where a feed may resume. */
+  readonly uptoSeq: number;
   /** Alerts with seq above this, oldest first. */
   readonly since?: number | undefined;
   /** Alerts with seq below this, newest first. Without `since` or `before`: the newest. */
@@ -29,11 +31,7 @@ export interface HistoryPage {
   readonly alerts: readonly LiveAlert[];
   /** Whether more alerts match beyond the last one of the page. */
   readonly more: boolean;
-  /**
-   * The newest committed seq when the page was read: every alert up to it was visible to
-   * the page's query, so a live feed resumed from it (or from the newest alert of the
-   * page, if higher) misses nothing.
-   */
+  /** The query's `uptoSeq`: a live feed resumed from it misses nothing the page left out. */
   readonly latestSeq: number;
 }
 
@@ -46,20 +44,15 @@ export interface HistoryStore {
 export function createHistoryStore(database: Database): HistoryStore {
   return {
     async page(query) {
-      // Read first: seqs are handed out in commit order, so every alert up to it is
-      // committed and the page's query (a later snapshot) sees it.
-      const latest = await database.rows<{ last: string }>(
-        sql`select last::text as last from alert_seq where id = 1`,
-      );
       const ascending = query.since !== undefined;
       // One row more than asked tells whether there is a next page.
       const rows = await database.rows<AlertRow>(sql`
         select ${alertColumns} from alerts a join hosts h on h.host_id = a.host_id
-        where true ${conditions(query)}
+        where a.seq <= ${query.uptoSeq} ${conditions(query)}
         order by a.seq ${ascending ? sql`asc` : sql`desc`} limit ${query.limit + 1}`);
       const more = rows.length > query.limit;
       if (more) rows.pop();
-      return { alerts: rows.map(toAlert), more, latestSeq: Number(latest[0]?.last ?? 0) };
+      return { alerts: rows.map(toAlert), more, latestSeq: query.uptoSeq };
     },
   };
 }

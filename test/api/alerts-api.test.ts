@@ -271,6 +271,24 @@ describe.each(backends)("GET /api/alerts [%s]", (kind) => {
     expect(body.alerts[0]?.seq).toBeLessThan(body.latest_seq);
   });
 
+  it("leaves out alerts the live feed has not delivered yet, so a feed resumed from latest_seq follows the page without a gap", async () => {
+    const own = await createTestDatabase(kind);
+    // No polling: this server's feed learns only of alerts it commits itself.
+    const quiet = await startServer(own, { feedPollMs: 0 });
+    try {
+      const before = (await (await fetch(`${quiet.baseUrl}/api/alerts`)).json()) as ApiPage;
+      expect(before).toEqual({ alerts: [], next_before: null, latest_seq: 0 });
+      // Committed behind the feed's back (as by an instance whose message is late).
+      const behind = await seed(own, 3);
+      const after = (await (await fetch(`${quiet.baseUrl}/api/alerts?since=0`)).json()) as ApiPage;
+      expect(after).toEqual({ alerts: [], next_since: null, latest_seq: 0 });
+      expect(behind).toHaveLength(3);
+    } finally {
+      await quiet.close();
+      await own.dispose();
+    }
+  });
+
   it("reads a plain page through the seq index and a one-host page through alerts_host_seq_idx", async () => {
     const bulk = await createTestDatabase(kind);
     try {
@@ -294,10 +312,15 @@ describe.each(backends)("GET /api/alerts [%s]", (kind) => {
       const store = createHistoryStore(recorded.database);
       const plans: string[] = [];
       for (const query of [
-        { filter: {}, limit: 100 },
-        { before: 30_000, filter: {}, limit: 100 },
-        { filter: { hostIds: new Set([host?.host_id as string]) }, limit: 100 },
-        { before: 30_000, filter: { hostIds: new Set([host?.host_id as string]) }, limit: 100 },
+        { uptoSeq: 50_000, filter: {}, limit: 100 },
+        { uptoSeq: 50_000, before: 30_000, filter: {}, limit: 100 },
+        { uptoSeq: 50_000, filter: { hostIds: new Set([host?.host_id as string]) }, limit: 100 },
+        {
+          uptoSeq: 50_000,
+          before: 30_000,
+          filter: { hostIds: new Set([host?.host_id as string]) },
+          limit: 100,
+        },
       ]) {
         expect((await store.page(query)).alerts).toHaveLength(100);
         const plan = await bulk.rows<{ "QUERY PLAN": string }>(
