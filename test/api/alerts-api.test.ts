@@ -4,6 +4,7 @@
  * database backend. What the API returns is compared with what the database holds.
  */
 import { randomUUID } from "node:crypto";
+import { Writable } from "node:stream";
 import { type SQL, sql } from "drizzle-orm";
 import { PgDialect } from "drizzle-orm/pg-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -354,6 +355,45 @@ function recording(database: Database): { database: Database; last(): SQL | unde
     last: () => last,
   };
 }
+
+describe("GET /api/alerts when the database fails", () => {
+  it("answers 503 with an error that leaks no SQL, and logs the cause", async () => {
+    const database = await createTestDatabase("pglite");
+    const lines: string[] = [];
+    const stream = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(...chunk.toString().split("\n").filter(Boolean));
+        done();
+      },
+    });
+    const dialect = new PgDialect();
+    const failing: Database = {
+      ...database,
+      rows<T>(query: SQL): Promise<T[]> {
+        if (/from alerts a join hosts/.test(dialect.sqlToQuery(query).sql)) {
+          return Promise.reject(new Error("connection terminated unexpectedly"));
+        }
+        return database.rows<T>(query);
+      },
+    };
+    const server = await startServer(failing, {}, { logger: { level: "error", stream } });
+    try {
+      const res = await get(server, "?limit=5");
+      expect(res.status).toBe(503);
+      expect(res.body).toEqual({ error: "the alert history cannot be read now; try again" });
+      const logged = lines.map((l) => JSON.parse(l) as { msg: string; err?: { message: string } });
+      expect(logged).toContainEqual(
+        expect.objectContaining({
+          msg: "reading alert history failed",
+          err: expect.objectContaining({ message: "connection terminated unexpectedly" }),
+        }),
+      );
+    } finally {
+      await server.close();
+      await database.dispose();
+    }
+  });
+});
 
 describe("GET /api/alerts access", () => {
   let database: TestDatabase;
