@@ -1,10 +1,12 @@
-// The live alert feed page. Speaks version 1 of docs/websocket.md: it keeps the highest
-// seq it has, resumes with `since` after any disconnect, and shows when alerts were
-// missed and how it recovered. Rendering uses textContent only: every string in an
-// alert comes from an agent.
+// The live alert feed page. Loads the newest alerts from GET /api/alerts, then speaks
+// version 1 of docs/websocket.md from that page's seq on: it keeps the highest seq it has,
+// resumes with `since` after any disconnect, and shows when alerts were missed and how it
+// recovered. Older pages come from the API with `before`. Rendering uses textContent
+// only: every string in an alert comes from an agent.
 
-const MAX_ROWS = 500; // alert rows kept in the DOM; the oldest go first
-const HISTORY = 200; // alerts loaded on a first connection
+const MAX_ROWS = 500; // alert rows kept in the DOM
+const HISTORY = 200; // alerts loaded first (and after a reload)
+const OLDER_PAGE = 100; // alerts per "Older alerts" click
 const SEVERITY_RANK = { INFO: 0, WARN: 1, CRITICAL: 2 };
 const TYPE_COUNT = 3;
 
@@ -20,9 +22,19 @@ const ui = {
   minSeverity: document.getElementById("min-severity"),
   host: document.getElementById("host"),
   form: document.getElementById("filters"),
+  older: document.getElementById("older"),
+  olderStatus: document.getElementById("older-status"),
+  latest: document.getElementById("latest"),
 };
 
-let lastSeq = null; // highest seq received: the resume cursor
+let lastSeq = null; // highest seq received: the resume cursor (null: load from the API)
+let nextBefore = null; // cursor of the next older page (null: no older alerts)
+let loadingOlder = false;
+let generation = 0; // bumped by each connect(), so a superseded one stops after its await
+// True once older pages pushed the newest rows out: live alerts are then counted, not
+// shown, until "Back to latest" reloads.
+let browsing = false;
+let newerHidden = 0;
 let socket = null;
 let attempt = 0; // failed connections in a row, for the backoff
 let received = 0;
@@ -67,8 +79,7 @@ function showNotice(kind, text) {
 function feedUrl(f) {
   const url = new URL("/ws", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  if (lastSeq !== null) url.searchParams.set("since", String(lastSeq));
-  else url.searchParams.set("history", String(HISTORY));
+  url.searchParams.set("since", String(lastSeq));
   if (f.min_severity) url.searchParams.set("min_severity", f.min_severity);
   if (f.host_ids) url.searchParams.set("host_id", f.host_ids.join(","));
   if (f.tripwire_types) url.searchParams.set("tripwire_type", f.tripwire_types.join(","));
@@ -76,12 +87,52 @@ function feedUrl(f) {
   return url;
 }
 
-function connect() {
+/** GET /api/alerts with `params` and the filters `f`; throws with the server's error. */
+async function fetchAlerts(params, f) {
+  const url = new URL("/api/alerts", location.href);
+  for (const [k, v] of Object.entries(params)) url.searchParams.set(k, String(v));
+  if (f.min_severity) url.searchParams.set("min_severity", f.min_severity);
+  if (f.host_ids) url.searchParams.set("host_id", f.host_ids.join(","));
+  if (f.tripwire_types) url.searchParams.set("tripwire_type", f.tripwire_types.join(","));
+  const res = await fetch(url, token ? { headers: { authorization: `Bearer ${token}` } } : {});
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(body.error ?? `HTTP ${res.status}`);
+  return body;
+}
+
+/**
+ * Shows the newest page from the API; the feed then resumes after it. `latest_seq` covers
+ * every alert the page could have held, so nothing between the page and the feed is lost.
+ */
+function showLatest(page) {
+  addAlerts([...page.alerts].reverse());
+  lastSeq = Math.max(lastSeq ?? 0, page.latest_seq);
+  nextBefore = page.next_before;
+  updateOlder();
+}
+
+async function connect() {
   reconnectTimer = undefined;
-  if (resumeReason === null && lastSeq === null) setState("connecting", "connecting");
+  const gen = ++generation;
+  const first = lastSeq === null;
+  if (resumeReason === null && first) setState("connecting", "connecting");
   else setState("reconnecting", "reconnecting…");
-  const resumeFrom = lastSeq;
-  const reason = resumeReason;
+  if (first) {
+    let page;
+    try {
+      page = await fetchAlerts({ limit: HISTORY }, currentFilters());
+    } catch (err) {
+      if (gen !== generation) return;
+      showNotice("error", `Could not load alerts: ${err.message}`);
+      retryLater();
+      return;
+    }
+    if (gen !== generation) return;
+    showLatest(page);
+  }
+  // A first load is not a resume: no "resumed" notice for it.
+  const resumeFrom = first ? null : lastSeq;
+  const reason = first ? null : resumeReason;
   let replayed = 0;
   let replaying = true;
   const filters = currentFilters();
@@ -138,10 +189,8 @@ function connect() {
             ? `More alerts arrived while disconnected than can be replayed (from seq ${msg.missed_from_seq}); reloaded the latest ${HISTORY}.`
             : `The server's feed starts over (it is at seq ${msg.seq}, this page was at ${resumeFrom}); reloaded the latest ${HISTORY}.`,
         );
-        lastSeq = null;
         resumeReason = null;
-        clearRows();
-        abandon(ws, "reloading…");
+        reloadLatest();
         break;
       case "error":
         showNotice("error", `Server: ${msg.error}`);
@@ -152,12 +201,16 @@ function connect() {
   ws.onclose = () => {
     if (socket !== ws) return;
     resumeReason ??= { kind: "lost" };
-    // Jittered exponential backoff, so a restarted server is not hit by every tab at once.
-    const delay = Math.round(Math.min(10000, 250 * 2 ** attempt) * (0.75 + Math.random() * 0.5));
-    attempt++;
-    setState("reconnecting", `reconnecting in ${Math.max(1, Math.round(delay / 1000))} s`);
-    scheduleConnect(delay);
+    retryLater();
   };
+}
+
+function retryLater() {
+  // Jittered exponential backoff, so a restarted server is not hit by every tab at once.
+  const delay = Math.round(Math.min(10000, 250 * 2 ** attempt) * (0.75 + Math.random() * 0.5));
+  attempt++;
+  setState("reconnecting", `reconnecting in ${Math.max(1, Math.round(delay / 1000))} s`);
+  scheduleConnect(delay);
 }
 
 /** Leaves a connection at once (no waiting for its close handshake) and opens the next. */
@@ -191,7 +244,28 @@ function sendFilters(f) {
     socket.send(JSON.stringify({ type: "set_filters", ...f }));
 }
 
+/** Forgets every row and loads the newest page again (then the feed resumes after it). */
+function reloadLatest() {
+  lastSeq = null;
+  clearRows();
+  if (socket !== null) abandon(socket, "reloading…");
+  else scheduleConnect(0);
+}
+
 function addAlerts(items) {
+  if (browsing) {
+    // Older pages fill the table: count what arrives instead of showing it.
+    for (const alert of items) {
+      if (lastSeq !== null && alert.seq <= lastSeq) continue;
+      lastSeq = alert.seq;
+      received++;
+      newerHidden++;
+      if (!knownHosts.has(alert.host_id)) addHost(alert.host_id, alert.hostname);
+    }
+    ui.latest.textContent = `Back to latest (${newerHidden} newer)`;
+    updateSummary();
+    return;
+  }
   const f = currentFilters();
   const frag = document.createDocumentFragment();
   // Only the newest MAX_ROWS of a large batch (a replay page) can stay on screen.
@@ -210,13 +284,68 @@ function addAlerts(items) {
   }
   ui.rows.prepend(frag);
   // Detail rows follow their alert row, so trimming from the end takes both.
+  let trimmed = false;
   while (rowCount > MAX_ROWS) {
     const last = ui.rows.lastElementChild;
     if (last === null) break;
     if (last.classList.contains("alert")) rowCount--;
     last.remove();
+    trimmed = true;
   }
+  if (trimmed) nextBefore = Number(ui.rows.lastElementChild?.dataset.seq ?? 0) || null;
   updateSummary();
+  updateOlder();
+}
+
+/** Appends the next older page below the last row; past MAX_ROWS the newest rows go. */
+async function loadOlder() {
+  if (loadingOlder || nextBefore === null) return;
+  loadingOlder = true;
+  updateOlder();
+  try {
+    const page = await fetchAlerts({ before: nextBefore, limit: OLDER_PAGE }, currentFilters());
+    const f = currentFilters();
+    const frag = document.createDocumentFragment();
+    for (const alert of page.alerts) {
+      if (!knownHosts.has(alert.host_id)) addHost(alert.host_id, alert.hostname);
+      const row = renderRow(alert);
+      row.hidden = !matches(alert, f);
+      frag.append(row);
+      rowCount++;
+    }
+    ui.rows.append(frag);
+    nextBefore = page.next_before;
+    // Keep the DOM bounded: the newest rows make room, and live ones wait for "Back to latest".
+    while (rowCount > MAX_ROWS) {
+      const first = ui.rows.firstElementChild;
+      if (first === null) break;
+      const detail = first.nextElementSibling;
+      if (detail?.classList.contains("detail")) detail.remove();
+      first.remove();
+      rowCount--;
+      browsing = true;
+    }
+    if (browsing) {
+      ui.latest.hidden = false;
+      ui.latest.textContent = `Back to latest (${newerHidden} newer)`;
+    }
+  } catch (err) {
+    showNotice("error", `Could not load older alerts: ${err.message}`);
+  } finally {
+    loadingOlder = false;
+    updateSummary();
+    updateOlder();
+  }
+}
+
+function updateOlder() {
+  ui.older.hidden = nextBefore === null;
+  ui.older.disabled = loadingOlder;
+  ui.olderStatus.textContent = loadingOlder
+    ? "loading…"
+    : nextBefore === null && rowCount > 0
+      ? "No older alerts."
+      : "";
 }
 
 function updateSummary() {
@@ -301,7 +430,12 @@ function addHost(hostId, hostname) {
 function clearRows() {
   ui.rows.replaceChildren();
   rowCount = 0;
+  nextBefore = null;
+  browsing = false;
+  newerHidden = 0;
+  ui.latest.hidden = true;
   updateSummary();
+  updateOlder();
 }
 
 ui.form.addEventListener("change", (event) => {
@@ -325,5 +459,7 @@ ui.form.addEventListener("change", (event) => {
   sendFilters(f);
 });
 ui.form.addEventListener("submit", (e) => e.preventDefault());
+ui.older.addEventListener("click", () => void loadOlder());
+ui.latest.addEventListener("click", () => reloadLatest());
 
 connect();

@@ -355,6 +355,41 @@ export const settings = {
     "TRIPWIRE_WS_ALLOWED_ORIGINS",
     "Comma-separated `Origin` values allowed to open /ws (e.g. `https://soc.example.com`). Unset: any.",
   ),
+  apiDefaultLimit: integer(
+    "TRIPWIRE_API_DEFAULT_LIMIT",
+    100,
+    1,
+    100_000,
+    "Alerts per page of GET /api/alerts when the request gives no `limit`.",
+  ),
+  apiMaxLimit: integer(
+    "TRIPWIRE_API_MAX_LIMIT",
+    1000,
+    1,
+    100_000,
+    "Largest `limit` GET /api/alerts accepts; a larger one is refused with 400.",
+  ),
+  retentionDays: integer(
+    "TRIPWIRE_RETENTION_DAYS",
+    0,
+    0,
+    36_500,
+    "Alerts received more than this many days ago are deleted by a periodic job. 0: keep every alert forever (evidence is only deleted when asked for).",
+  ),
+  retentionIntervalMs: integer(
+    "TRIPWIRE_RETENTION_INTERVAL_MS",
+    3_600_000,
+    10,
+    86_400_000,
+    "How often the retention job runs (also once at start), with `TRIPWIRE_RETENTION_DAYS` above 0.",
+  ),
+  retentionBatch: integer(
+    "TRIPWIRE_RETENTION_BATCH",
+    1000,
+    1,
+    100_000,
+    "Alerts the retention job deletes per statement; it yields between statements, so ingestion goes on.",
+  ),
   redisUrl: optionalUrl(
     "REDIS_URL",
     ["redis:", "rediss:"],
@@ -427,6 +462,11 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
     // Asking for `require` without a CA would leave agents unauthenticated, silently.
     throw new ConfigError(
       "TRIPWIRE_TLS_CLIENT_AUTH needs TRIPWIRE_TLS_CLIENT_CA: without a CA no agent is asked for a certificate",
+    );
+  }
+  if (config.apiDefaultLimit > config.apiMaxLimit) {
+    throw new ConfigError(
+      `TRIPWIRE_API_DEFAULT_LIMIT (${config.apiDefaultLimit}) is above TRIPWIRE_API_MAX_LIMIT (${config.apiMaxLimit}): expected at most the maximum`,
     );
   }
   if (!logLevels.has(config.logLevel)) {

@@ -7,6 +7,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import websocket from "@fastify/websocket";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
+import { registerAlertsRoute } from "./api/alerts-route.js";
 import { type LiveFeed, startLiveFeed } from "./broadcast/live-feed.js";
 import type { Config } from "./config.js";
 import { AlertService } from "./gen/alert/alert_pb.js";
@@ -29,6 +30,8 @@ import { BatchWriter } from "./storage/batch-writer.js";
 import type { Database } from "./storage/database.js";
 import { checkDatabase } from "./storage/database-health.js";
 import { createFeedStore } from "./storage/feed-store.js";
+import { createHistoryStore } from "./storage/history-store.js";
+import { type RetentionJob, startRetention } from "./storage/retention.js";
 
 /** What the server is built from. The caller owns `database` and closes it after the app. */
 export interface ServerDeps {
@@ -47,6 +50,8 @@ export interface Server {
   readonly broadcaster: LiveFeed;
   readonly writer: BatchWriter;
   readonly wsStats: WsStats;
+  /** The retention job; undefined when TRIPWIRE_RETENTION_DAYS is 0 (keep everything). */
+  readonly retention: RetentionJob | undefined;
 }
 
 /**
@@ -211,14 +216,34 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
     databaseUp: async () => (await checkDatabase(database, writer, healthTimeoutMs)).ok,
   });
   registerMetricsRoute(app, { registry: metrics.registry, token: config.metricsToken });
+  registerAlertsRoute(app, {
+    store: createHistoryStore(database),
+    feed: broadcaster,
+    access: { tokens: config.wsTokens, allowedOrigins: config.wsAllowedOrigins },
+    limits: { defaultLimit: config.apiDefaultLimit, maxLimit: config.apiMaxLimit },
+    log: log.child({ component: "api" }),
+  });
+  const retention =
+    config.retentionDays > 0
+      ? startRetention({
+          database,
+          settings: {
+            days: config.retentionDays,
+            intervalMs: config.retentionIntervalMs,
+            batchSize: config.retentionBatch,
+          },
+          log: log.child({ component: "retention" }),
+        })
+      : undefined;
 
   app.addHook("onClose", async () => {
+    await retention?.close();
     // Every event a stream has read is committed (and answered) before the database goes.
     await writer.close();
     broadcaster.close();
   });
 
-  return { app, broadcaster, writer, wsStats };
+  return { app, broadcaster, writer, wsStats, retention };
 }
 
 /** connect-es's default, plus the decoder that keeps JSON error messages encodable. */

@@ -16,22 +16,30 @@ export interface FeedParams {
   readonly filter: FeedFilter;
 }
 
-type Query = Record<string, string | string[] | undefined>;
+/** A parsed query string: repeated parameters come as arrays. */
+export type Query = Record<string, string | string[] | undefined>;
 
-function values(query: Query, name: string): string[] | undefined {
+/** Every value of a repeatable parameter, commas splitting too; undefined when absent. */
+export function values(query: Query, name: string): string[] | undefined {
   const raw = query[name];
   if (raw === undefined) return undefined;
   const list = (Array.isArray(raw) ? raw : [raw]).flatMap((v) => v.split(","));
   return list.map((v) => v.trim()).filter((v) => v !== "");
 }
 
-function single(query: Query, name: string): string | undefined {
+/** The value of a parameter given once (the last, when repeated). */
+export function single(query: Query, name: string): string | undefined {
   const raw = query[name];
   if (Array.isArray(raw)) return raw[raw.length - 1];
   return raw;
 }
 
-function wholeNumber(name: string, raw: string | undefined, max: number): number | undefined {
+/** A whole number from 0 to `max`, or undefined when absent. Throws FeedParamError. */
+export function wholeNumber(
+  name: string,
+  raw: string | undefined,
+  max: number,
+): number | undefined {
   if (raw === undefined || raw === "") return undefined;
   const n = Number(raw);
   if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n > max) {

@@ -79,7 +79,7 @@ export function registerWsRoute(app: FastifyInstance, deps: WsRouteDeps): WsStat
   if (settings.tokens.length === 0) {
     log.warn(
       {},
-      "the /ws alert feed is open to anyone who can reach this port: set TRIPWIRE_WS_TOKENS",
+      "the alert feed (/ws) and the history API (/api) are open to anyone who can reach this port: set TRIPWIRE_WS_TOKENS",
     );
   }
 

@@ -29,6 +29,11 @@ export interface Database {
   rows<T>(query: SQL): Promise<T[]>;
   /** Resolves when the database answers a trivial query. */
   ping(): Promise<void>;
+  /**
+   * Runs `work` with statements on one connection of their own (each statement its own
+   * transaction), for session state such as advisory locks. PGlite has one session.
+   */
+  session<T>(work: (rows: <R>(query: SQL) => Promise<R[]>) => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }
 
@@ -67,7 +72,25 @@ async function openPostgres(options: {
   pool.on("error", () => {
     // An idle client lost its connection; the pool replaces it on next use.
   });
-  return databaseOver("postgres", drizzleNodePg(pool), () => pool.end());
+  return databaseOver(
+    "postgres",
+    drizzleNodePg(pool),
+    () => pool.end(),
+    async (work) => {
+      const client = await pool.connect();
+      const db = drizzleNodePg(client);
+      let failed: unknown;
+      try {
+        return await work(async <R>(query: SQL) => rowsOf<R>(await db.execute(query)));
+      } catch (err) {
+        failed = err;
+        throw err;
+      } finally {
+        // A connection that failed may be broken or still hold session state: discard it.
+        client.release(failed instanceof Error ? failed : undefined);
+      }
+    },
+  );
 }
 
 async function openPglite(dataDir: string | undefined): Promise<Database> {
@@ -75,7 +98,12 @@ async function openPglite(dataDir: string | undefined): Promise<Database> {
   await client.waitReady;
   const db = drizzlePglite(client);
   await applyMigrations(db, () => migratePglite(db, { migrationsFolder }));
-  return databaseOver("pglite", db, () => client.close());
+  return databaseOver(
+    "pglite",
+    db,
+    () => client.close(),
+    (work) => work(async <R>(query: SQL) => rowsOf<R>(await db.execute(query))),
+  );
 }
 
 /** What `migrateDatabase` did. */
@@ -163,16 +191,22 @@ function databaseOver(
   kind: DatabaseKind,
   db: PgDatabase<PgQueryResultHKT>,
   close: () => Promise<void>,
+  session: Database["session"],
 ): Database {
   return {
     kind,
     db,
     async rows<T>(query: SQL) {
-      return ((await db.execute(query)) as unknown as { rows: T[] }).rows;
+      return rowsOf<T>(await db.execute(query));
     },
     async ping() {
       await db.execute(sql`select 1`);
     },
     close,
+    session,
   };
+}
+
+function rowsOf<T>(result: unknown): T[] {
+  return (result as { rows: T[] }).rows;
 }

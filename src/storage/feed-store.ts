@@ -8,7 +8,8 @@ import { allowedSeverities, type FeedFilter } from "../live/feed-filter.js";
 import { StoredAlert } from "./alert-types.js";
 import type { Database } from "./database.js";
 
-interface AlertRow {
+/** An alert row as `alertColumns` selects it (bigints as text). */
+export interface AlertRow {
   seq: string;
   alert_id: string;
   host_id: string;
@@ -36,7 +37,8 @@ export interface FeedStore {
   latestAlerts(uptoSeq: number, limit: number, filter?: FeedFilter): Promise<LiveAlert[]>;
 }
 
-const columns = sql`
+/** The columns of an AlertRow, from `alerts a join hosts h`. */
+export const alertColumns = sql`
   a.seq::text as seq, a.alert_id::text as alert_id, a.host_id::text as host_id, h.hostname,
   (extract(epoch from a.timestamp) * 1000000)::bigint::text as ts_us,
   a.tripwire_type, a.rule_name, a.severity, a.event_detail::text as event_detail,
@@ -56,7 +58,8 @@ function where(filter: FeedFilter | undefined): SQL {
   return sql.join(parts, sql` `);
 }
 
-function toAlert(row: AlertRow): LiveAlert {
+/** The alert of a row, with its JSON built as the live feed builds it. */
+export function toAlert(row: AlertRow): LiveAlert {
   return new StoredAlert(
     {
       alertId: row.alert_id,
@@ -85,7 +88,7 @@ export function createFeedStore(database: Database): FeedStore {
 
     async alertsBetween(afterSeq, uptoSeq, limit, filter) {
       const rows = await database.rows<AlertRow>(sql`
-        select ${columns} from alerts a join hosts h on h.host_id = a.host_id
+        select ${alertColumns} from alerts a join hosts h on h.host_id = a.host_id
         where a.seq > ${afterSeq} and a.seq <= ${uptoSeq} ${where(filter)}
         order by a.seq limit ${limit}`);
       return rows.map(toAlert);
@@ -93,7 +96,7 @@ export function createFeedStore(database: Database): FeedStore {
 
     async latestAlerts(uptoSeq, limit, filter) {
       const rows = await database.rows<AlertRow>(sql`
-        select ${columns} from alerts a join hosts h on h.host_id = a.host_id
+        select ${alertColumns} from alerts a join hosts h on h.host_id = a.host_id
         where a.seq <= ${uptoSeq} ${where(filter)}
         order by a.seq desc limit ${limit}`);
       return rows.reverse().map(toAlert);

@@ -52,6 +52,8 @@ export const alerts = pgTable(
   (t) => [
     index("alerts_host_seq_idx").on(t.hostId, t.seq),
     index("alerts_timestamp_idx").on(t.timestamp),
+    // The retention job (src/storage/retention.ts) deletes the oldest by server time.
+    index("alerts_received_at_idx").on(t.receivedAt),
   ],
 );
 

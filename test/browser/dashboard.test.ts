@@ -177,6 +177,8 @@ function recorder(): void {
 interface Dashboard {
   readonly page: Page;
   readonly sockets: PageSocket[];
+  /** Every GET /api/alerts the page made, in order. */
+  readonly apiRequests: URL[];
   /** Uncaught errors and console errors (other than refused connections). */
   readonly errors: string[];
   /** data-seq of every alert row, top to bottom. */
@@ -194,7 +196,12 @@ interface Dashboard {
 async function openDashboard(context: BrowserContext, server: RunningServer): Promise<Dashboard> {
   const page = await context.newPage();
   const sockets: PageSocket[] = [];
+  const apiRequests: URL[] = [];
   const errors: string[] = [];
+  page.on("request", (req) => {
+    const url = new URL(req.url());
+    if (url.pathname === "/api/alerts") apiRequests.push(url);
+  });
   page.on("pageerror", (err) => errors.push(err.message));
   page.on("console", (msg) => {
     // Chromium logs each refused WebSocket connection; the restart test causes those.
@@ -212,6 +219,7 @@ async function openDashboard(context: BrowserContext, server: RunningServer): Pr
   const dashboard: Dashboard = {
     page,
     sockets,
+    apiRequests,
     errors,
     rowSeqs: () =>
       page.$$eval("#alerts tr.alert", (rows) =>
@@ -252,13 +260,13 @@ function hasInOrder(values: readonly string[], sequence: readonly string[]): boo
 }
 
 /**
- * A Database whose next history read (the replay of a first connection) can be held: the
- * test then commits alerts while that connection is still replaying, as a slow or busy
- * server would.
+ * A Database whose next feed replay read (of a connection resuming with `since`) can be
+ * held: the test then commits alerts while that connection is still replaying, as a slow
+ * or busy server would.
  */
-function withHeldHistory(database: Database): {
+function withHeldReplay(database: Database): {
   database: Database;
-  holdNextHistory(): { reached: Promise<void>; release(): void };
+  holdNextReplay(): { reached: Promise<void>; release(): void };
 } {
   const dialect = new PgDialect();
   let hold: { reached: () => void; released: Promise<void> } | undefined;
@@ -267,9 +275,10 @@ function withHeldHistory(database: Database): {
     db: database.db,
     ping: () => database.ping(),
     close: () => database.close(),
+    session: (work) => database.session(work),
     async rows<T>(query: SQL): Promise<T[]> {
       const h = hold;
-      if (h !== undefined && /order by a\.seq desc/i.test(dialect.sqlToQuery(query).sql)) {
+      if (h !== undefined && /order by a\.seq limit/i.test(dialect.sqlToQuery(query).sql)) {
         hold = undefined;
         h.reached();
         await h.released;
@@ -279,7 +288,7 @@ function withHeldHistory(database: Database): {
   };
   return {
     database: wrapped,
-    holdNextHistory() {
+    holdNextReplay() {
       let reached = (): void => {};
       let release = (): void => {};
       const reachedP = new Promise<void>((resolve) => {
@@ -513,7 +522,9 @@ describe.each(browserTargets)("the dashboard page in headless Chromium [%s]", ()
         expect(resumed?.text).toMatch(/Reconnected: resumed from seq \d+/);
         // Every connection after the first resumed from what the page had.
         expect(dash.sockets.length).toBeGreaterThanOrEqual(2);
-        expect(dash.sockets[0]?.url.searchParams.get("history")).toBe("200");
+        // The first one followed the (empty) first page from the API.
+        expect(dash.apiRequests).toHaveLength(1);
+        expect(dash.sockets[0]?.url.searchParams.get("since")).toBe("0");
         for (const s of dash.sockets.slice(1)) expect(s.url.searchParams.has("since")).toBe(true);
         expect(dash.errors).toEqual([]);
       },
@@ -608,14 +619,37 @@ describe.each(browserTargets)("the dashboard page in headless Chromium [%s]", ()
       "shows that alerts were missed when the server drops them for the tab, then recovers them by resuming with since",
       async () => {
         database = await createTestDatabase(kind);
-        const held = withHeldHistory(database);
+        const held = withHeldReplay(database);
         // One buffered batch per subscriber: a second batch during the replay is dropped.
         const { context, server } = await setUpWith(held.database, { subscriberBuffer: 1 });
         await runAgent(server, "web-01", 10, 8);
-        const seeded = await storedAlerts(database);
 
-        const hold = held.holdNextHistory();
+        // The first page reaches the tab late: three alerts commit after the server
+        // answered it, so the tab's feed replays them from the page's latest_seq.
+        let answered = (): void => {};
+        const pageAnswered = new Promise<void>((resolve) => {
+          answered = resolve;
+        });
+        let deliver = (): void => {};
+        const delivered = new Promise<void>((resolve) => {
+          deliver = resolve;
+        });
+        await context.route(
+          "**/api/alerts?*",
+          async (route) => {
+            const response = await route.fetch();
+            answered();
+            await delivered;
+            await route.fulfill({ response });
+          },
+          { times: 1 },
+        );
         const opening = openDashboard(context, server);
+        await pageAnswered;
+        await runAgent(server, "web-01", 3, 13);
+        const seeded = await storedAlerts(database);
+        const hold = held.holdNextReplay();
+        deliver();
         await hold.reached;
         // The tab's connection is subscribed and still replaying: two commits arrive.
         await runAgent(server, "db-01", 3, 9);
@@ -624,7 +658,7 @@ describe.each(browserTargets)("the dashboard page in headless Chromium [%s]", ()
         const dash = await opening;
 
         const all = await storedAlerts(database);
-        expect(all).toHaveLength(16);
+        expect(all).toHaveLength(19);
         await dash.page
           .locator('#notice[data-kind="recovered"]')
           .waitFor({ state: "attached", timeout: waitMs });
@@ -636,7 +670,9 @@ describe.each(browserTargets)("the dashboard page in headless Chromium [%s]", ()
         expect(droppedMsg).toBeDefined();
         expect(rec.notices.at(-1)?.text).toMatch(/Recovered after falling behind/);
 
-        // It resumed from the last alert it had before the gap, and got all of them.
+        // The first connection followed the page; the next resumed from the last alert it
+        // had before the gap, and got all of them.
+        expect(dash.sockets[0]?.url.searchParams.get("since")).toBe(String(seeded[9]?.seq));
         const lastSeeded = (seeded.at(-1) as StoredRow).seq;
         expect(dash.sockets[1]?.url.searchParams.get("since")).toBe(String(lastSeeded));
         await dash.waitForRow((all.at(-1) as StoredRow).seq);
@@ -645,6 +681,116 @@ describe.each(browserTargets)("the dashboard page in headless Chromium [%s]", ()
         const added = rec.added.map((a) => a.seq);
         expect(new Set(added).size).toBe(added.length);
         expect(hasInOrder(rec.states, ["live", "reconnecting", "live"])).toBe(true);
+        expect(dash.errors).toEqual([]);
+      },
+      testMs,
+    );
+
+    it(
+      "loads the newest alerts from /api/alerts, then follows the feed from that page's latest_seq with nothing replayed, missed or doubled",
+      async () => {
+        const { database, context, server } = await setUp();
+        await runAgent(server, "web-01", 250, 14);
+        const seeded = await storedAlerts(database);
+        const dash = await openDashboard(context, server);
+        const newest = (seeded.at(-1) as StoredRow).seq;
+
+        expect(dash.apiRequests.map((u) => u.searchParams.toString())).toEqual(["limit=200"]);
+        expect(await dash.rowSeqs()).toEqual(
+          seeded
+            .slice(-200)
+            .map((a) => a.seq)
+            .reverse(),
+        );
+        // The feed starts where the page ends: no replay, so no alerts before `live`.
+        const socket = dash.sockets[0] as PageSocket;
+        expect(socket.url.searchParams.get("since")).toBe(String(newest));
+        expect(socket.url.searchParams.has("history")).toBe(false);
+        const types = messages(socket).map((m) => m.type);
+        expect(types.slice(0, 2)).toEqual(["hello", "live"]);
+
+        await runAgent(server, "db-01", 30, 15);
+        const all = await storedAlerts(database);
+        await dash.waitForRow((all.at(-1) as StoredRow).seq);
+        expect(await dash.rowSeqs()).toEqual(
+          all
+            .slice(-230)
+            .map((a) => a.seq)
+            .reverse(),
+        );
+        const added = (await dash.recorded()).added.map((a) => a.seq);
+        expect(new Set(added).size).toBe(added.length);
+        expect(await dash.page.textContent("#counts")).toBe("230 received · 230 shown");
+        expect(await dash.page.isVisible("#older")).toBe(true);
+        expect(dash.errors).toEqual([]);
+      },
+      testMs,
+    );
+
+    it(
+      "loads older pages with the Older alerts control back to the first alert, never holding more than 500 rows, then returns to the latest",
+      async () => {
+        const { database, context, server } = await setUp();
+        await runAgent(server, "web-01", 650, 16);
+        const seeded = await storedAlerts(database);
+        const seqs = seeded.map((a) => a.seq);
+        /** seqs of seeded[from..to) newest first, as rows show them. */
+        const rowsOf = (from: number, to: number) => seqs.slice(from, to).reverse();
+        const dash = await openDashboard(context, server);
+        expect(await dash.rowSeqs()).toEqual(rowsOf(450, 650));
+
+        const older = dash.page.locator("#older");
+        const clickOlder = async (oldest: number) => {
+          await older.click();
+          await dash.waitForRow(seqs[oldest] as number);
+          await dash.page
+            .locator("#older:not([disabled])")
+            .or(dash.page.locator("#older[hidden]"))
+            .waitFor({ state: "attached", timeout: waitMs });
+        };
+        await clickOlder(350);
+        expect(await dash.rowSeqs()).toEqual(rowsOf(350, 650));
+        expect(dash.apiRequests.at(-1)?.searchParams.toString()).toBe(
+          `before=${seqs[450]}&limit=100`,
+        );
+        await clickOlder(250);
+        await clickOlder(150);
+        expect(await dash.rowSeqs()).toEqual(rowsOf(150, 650));
+        expect(await dash.page.isHidden("#latest")).toBe(true);
+        // Past 500 rows the newest make room, and the way back to them appears.
+        await clickOlder(50);
+        expect(await dash.rowSeqs()).toEqual(rowsOf(50, 550));
+        expect(await dash.page.isVisible("#latest")).toBe(true);
+        await clickOlder(0);
+        expect(await dash.rowSeqs()).toEqual(rowsOf(0, 500));
+        expect(await dash.page.isHidden("#older")).toBe(true);
+        expect(await dash.page.textContent("#older-status")).toBe("No older alerts.");
+
+        // Live alerts meanwhile are counted, not shown among the old rows.
+        await runAgent(server, "db-01", 5, 17);
+        await dash.page
+          .locator("#latest", { hasText: "Back to latest (5 newer)" })
+          .waitFor({ timeout: waitMs });
+        expect(await dash.rowSeqs()).toEqual(rowsOf(0, 500));
+
+        await dash.page.click("#latest");
+        const all = await storedAlerts(database);
+        await dash.waitForRow((all.at(-1) as StoredRow).seq);
+        await dash.waitForState("live");
+        expect(await dash.rowSeqs()).toEqual(
+          all
+            .slice(-200)
+            .map((a) => a.seq)
+            .reverse(),
+        );
+        expect(await dash.page.isHidden("#latest")).toBe(true);
+        expect(await dash.page.isVisible("#older")).toBe(true);
+        expect(dash.apiRequests.at(-1)?.searchParams.toString()).toBe("limit=200");
+        expect(dash.sockets.at(-1)?.url.searchParams.get("since")).toBe(
+          String((all.at(-1) as StoredRow).seq),
+        );
+        const rec = await dash.recorded();
+        expect(rec.notices).toEqual([]);
         expect(dash.errors).toEqual([]);
       },
       testMs,

@@ -48,6 +48,22 @@ describe("loadConfig", () => {
     expect(() => loadConfig({ [name]: value })).toThrow(message);
   });
 
+  it("keeps every alert by default (retention off) and pages the history API by 100 up to 1000", () => {
+    const config = loadConfig({});
+    expect(config.retentionDays).toBe(0);
+    expect(config.retentionBatch).toBe(1000);
+    expect(config.apiDefaultLimit).toBe(100);
+    expect(config.apiMaxLimit).toBe(1000);
+  });
+
+  it("stops when the history API's default page size is above its maximum", () => {
+    expect(() =>
+      loadConfig({ TRIPWIRE_API_DEFAULT_LIMIT: "500", TRIPWIRE_API_MAX_LIMIT: "200" }),
+    ).toThrow(
+      "TRIPWIRE_API_DEFAULT_LIMIT (500) is above TRIPWIRE_API_MAX_LIMIT (200): expected at most the maximum",
+    );
+  });
+
   it("the README's configuration table is the one generated from the settings", () => {
     const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
     expect(readme).toContain(settingsTable());

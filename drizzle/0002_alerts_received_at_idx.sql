@@ -1,0 +1,1 @@
+CREATE INDEX "alerts_received_at_idx" ON "alerts" USING btree ("received_at");
