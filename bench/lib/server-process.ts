@@ -7,6 +7,7 @@ import { mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { onAbort } from "./cleanup.js";
 
 const run = promisify(execFile);
 const listeningPrefix = "tripwire-dashboard listening on";
@@ -104,6 +105,10 @@ export async function startServerProcess(options: ServerProcessOptions): Promise
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   };
   process.once("exit", kill);
+  const release = onAbort(async () => {
+    kill();
+    await exited;
+  });
 
   const warnings = new Map<string, number>();
   const tail: string[] = [];
@@ -147,6 +152,7 @@ export async function startServerProcess(options: ServerProcessOptions): Promise
     });
   }).catch((err: unknown) => {
     kill();
+    release();
     throw err;
   });
   if (child.pid === undefined) throw new Error("server process has no pid");
@@ -161,6 +167,7 @@ export async function startServerProcess(options: ServerProcessOptions): Promise
       const how = await exited;
       clearTimeout(timer);
       process.off("exit", kill);
+      release();
       return how;
     },
   };
