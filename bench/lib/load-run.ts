@@ -128,8 +128,12 @@ export interface LoadResult {
   readonly commitToAckMs: Distribution;
   /** Commit → frame at a timed subscriber, ms, over (probe alert, timed subscriber). */
   readonly commitToWsMs: Distribution;
-  /** Probe ACK read → frame at a timed subscriber, ms. */
+  /** The same, for the subscriber that subscribed last (written to last). */
+  readonly commitToWsLastSubscriberMs: Distribution;
+  /** Probe ACK read → frame at a timed subscriber, ms (negative: frame before ACK). */
   readonly ackToWsMs: Distribution;
+  /** Probe send → frame at a timed subscriber: agent to browser, end to end, ms. */
+  readonly sendToWsMs: Distribution;
   /** Probe alerts × timed subscribers that never arrived. */
   readonly timedMissing: number;
   /** Probe alerts in the window whose commit notification never came. */
@@ -322,14 +326,21 @@ export async function runLoad(o: LoadRunOptions): Promise<LoadResult> {
     }
     const ackToWs = new SampleBuffer();
     const commitToWs = new SampleBuffer();
+    const commitToWsLast = new SampleBuffer();
+    const sendToWs = new SampleBuffer();
     let matched = 0;
+    const lastIndex = Math.max(-1, ...(result?.timed.map((t) => t.index) ?? []));
     for (const t of result?.timed ?? []) {
       for (const [alertId, at] of t.deliveries) {
         const p = probes.get(alertId);
         if (p === undefined) continue;
         matched++;
         ackToWs.push(at - p.ackedAt);
-        if (!Number.isNaN(p.committedAt)) commitToWs.push(at - p.committedAt);
+        sendToWs.push(at - p.sentAt);
+        if (!Number.isNaN(p.committedAt)) {
+          commitToWs.push(at - p.committedAt);
+          if (t.index === lastIndex) commitToWsLast.push(at - p.committedAt);
+        }
       }
     }
     const timedCount = result?.timed.length ?? 0;
@@ -414,7 +425,9 @@ export async function runLoad(o: LoadRunOptions): Promise<LoadResult> {
       probeSendToAckMs: distribution(probeSendToAck.values()),
       commitToAckMs: distribution(commitToAck.values()),
       commitToWsMs: distribution(commitToWs.values()),
+      commitToWsLastSubscriberMs: distribution(commitToWsLast.values()),
       ackToWsMs: distribution(ackToWs.values()),
+      sendToWsMs: distribution(sendToWs.values()),
       commitsMissed: probes.size - commitToAck.length,
       timedMissing: probes.size * timedCount - matched,
       subscribersInfo,
