@@ -12,7 +12,7 @@ import { loadavg } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadConfig } from "../src/config.js";
-import { undoAll, undoOnSignals } from "./lib/cleanup.js";
+import { stopping, undoAll, undoOnSignals } from "./lib/cleanup.js";
 import { codeVersion, describeMachine, waitForQuiet } from "./lib/machine.js";
 import { median } from "./lib/percentiles.js";
 import { Progress } from "./lib/progress.js";
@@ -347,6 +347,7 @@ async function main(argv: readonly string[]): Promise<number> {
     for (let run = 1; run <= o.runs; run++) {
       const earlier = new Map<string, Metrics>();
       for (const scenario of o.selected) {
+        if (stopping()) break;
         progress.begin(
           `${records.length + 1}/${total} ${scenario.number}. ${scenario.id}${o.runs > 1 ? ` run ${run}` : ""}`,
         );
@@ -386,6 +387,8 @@ async function main(argv: readonly string[]): Promise<number> {
     if (entry.kind === "dist") await entry.cleanup();
   }
 
+  // Interrupted: the scenarios failed as their processes died; nothing to report.
+  if (stopping()) return 130;
   const byScenario = medians(records);
   const ran = o.selected.filter((s) => byScenario.has(s.id));
   const rows = ran.flatMap((s) => s.rows(byScenario, settings));

@@ -9,8 +9,24 @@ type Undo = () => void | Promise<void>;
 const steps = new Set<Undo>();
 let exiting = false;
 
-/** Registers `undo` until the returned function is called (the resource was released). */
+/** Whether a signal is stopping the benchmark (its results are then not worth keeping). */
+export function stopping(): boolean {
+  return exiting;
+}
+
+/** Thrown when a resource is asked for while everything is being undone. */
+export class AbortingError extends Error {
+  constructor() {
+    super("the benchmark is stopping");
+  }
+}
+
+/**
+ * Registers `undo` until the returned function is called (the resource was released).
+ * While stopping on a signal, no new resource may start: this throws AbortingError.
+ */
 export function onAbort(undo: Undo): () => void {
+  if (exiting) throw new AbortingError();
   steps.add(undo);
   return () => {
     steps.delete(undo);
@@ -43,6 +59,8 @@ export function undoOnSignals(): void {
     process.on(signal, () => {
       if (exiting) process.exit(code);
       exiting = true;
+      // What was running fails as its processes die; only the cleanup matters now.
+      process.on("unhandledRejection", () => {});
       process.stderr.write(`\n${signal}: stopping servers and clients, dropping databases…\n`);
       void undoAll().finally(() => process.exit(code));
     });

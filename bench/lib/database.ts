@@ -35,7 +35,6 @@ export interface BenchDatabase {
 /** Creates an empty database `tw_bench_<random>`; the server migrates it at start. */
 export async function createBenchDatabase(adminUrl: string): Promise<BenchDatabase> {
   const name = `tw_bench_${randomBytes(5).toString("hex")}`;
-  await withClient(adminUrl, (c) => c.query(`create database ${name}`));
   const drop = async (): Promise<void> => {
     release();
     await withClient(adminUrl, (c) =>
@@ -44,7 +43,14 @@ export async function createBenchDatabase(adminUrl: string): Promise<BenchDataba
       process.stderr.write(`could not drop database ${name}: ${String(err)}\n`),
     );
   };
+  // Registered first: on Ctrl-C during the create, the drop still comes.
   const release = onAbort(drop);
+  try {
+    await withClient(adminUrl, (c) => c.query(`create database ${name}`));
+  } catch (err) {
+    release();
+    throw err;
+  }
   return { name, url: databaseUrlFor(adminUrl, name), drop };
 }
 

@@ -221,6 +221,8 @@ export function forkChild<In extends ToChild, Out extends FromChild>(
     stdio: ["ignore", "inherit", "inherit", "ipc"],
   });
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  // Send errors (the channel closed under a send) show as the exit they come from.
+  child.on("error", () => {});
   const kill = (): void => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   };
@@ -237,7 +239,8 @@ export function forkChild<In extends ToChild, Out extends FromChild>(
   return {
     pid: child.pid,
     send: (message) => {
-      child.send(message);
+      // A child that died (or was killed on Ctrl-C) fails the next `next()` instead.
+      if (child.connected) child.send(message);
     },
     next: (type) =>
       new Promise((resolve, reject) => {

@@ -293,6 +293,8 @@ export async function runLoad(o: LoadRunOptions): Promise<LoadResult> {
       }
     })();
 
+    // Awaited after the agents; a failure meanwhile must not go unhandled.
+    windowDone.catch(() => {});
     const finals = await Promise.all(agents.map((a) => a.done));
     await windowDone;
     clearInterval(progress);
