@@ -398,6 +398,10 @@ async function main(argv: readonly string[]): Promise<number> {
     await mkdir(resultsDir, { recursive: true });
     const base = join(resultsDir, `bench-${stamp}${o.quick ? "-quick" : ""}`);
     const { entry: _entry, ...plainSettings } = settings;
+    // The results may be shared: keep a password in the URL out of them.
+    const adminUrl = new URL(settings.adminUrl);
+    if (adminUrl.password !== "") adminUrl.password = "***";
+    plainSettings.adminUrl = adminUrl.toString();
     await writeFile(`${base}.md`, md);
     await writeFile(
       `${base}.json`,

@@ -173,6 +173,11 @@ export interface ProbeResult {
   readonly failure: string | undefined;
 }
 
+/** Subscriber or probe process → parent: loaded and listening for messages. */
+export interface ChildAlive {
+  readonly type: "alive";
+}
+
 /** Echo server process → parent: listening on `port` (127.0.0.1, h2c). */
 export interface EchoListening {
   readonly type: "listening";
@@ -189,6 +194,7 @@ export type ToChild =
   | StopProbe;
 /** Child → parent messages. */
 export type FromChild =
+  | ChildAlive
   | SubscribersReady
   | SubscribersResult
   | SubscriberCounts

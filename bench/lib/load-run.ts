@@ -23,6 +23,7 @@ import { AlertService } from "../../src/gen/alert/alert_pb.js";
 import { backendPids, createBenchDatabase, storedAlerts, withClient } from "./database.js";
 import {
   type Child,
+  type ChildAlive,
   type CountSubscribers,
   commitTriggerSql,
   type FinishSubscribers,
@@ -160,9 +161,9 @@ export interface LoadResult {
 
 type SubscriberProcess = Child<
   StartSubscribers | FinishSubscribers | StallSubscribers | CountSubscribers,
-  SubscribersReady | SubscribersResult | SubscriberCounts
+  ChildAlive | SubscribersReady | SubscribersResult | SubscriberCounts
 >;
-type ProbeProcess = Child<StartProbe | StopProbe, ProbeReady | ProbeResult>;
+type ProbeProcess = Child<StartProbe | StopProbe, ChildAlive | ProbeReady | ProbeResult>;
 
 /** Runs the load once on a fresh database and server; stops and drops them afterwards. */
 export async function runLoad(o: LoadRunOptions): Promise<LoadResult> {
@@ -173,6 +174,17 @@ export async function runLoad(o: LoadRunOptions): Promise<LoadResult> {
   let probe: ProbeProcess | undefined;
   const sessions: Http2SessionManager[] = [];
   try {
+    // The helper processes load (tsx) while the server starts.
+    const wantSubscribers = o.subscribers !== undefined && o.subscribers.count > 0;
+    subs = wantSubscribers
+      ? forkChild(join(o.repoRoot, "bench/lib/subscriber-process.ts"), o.repoRoot)
+      : undefined;
+    const subsAlive = subs?.next("alive");
+    probe = forkChild(join(o.repoRoot, "bench/lib/probe-process.ts"), o.repoRoot);
+    const probeAlive = probe.next("alive");
+    // Until awaited below; a child that dies meanwhile must not go unhandled.
+    subsAlive?.catch(() => {});
+    probeAlive.catch(() => {});
     server = await startServerProcess({
       repoRoot: o.repoRoot,
       entry: o.entry,
@@ -186,9 +198,9 @@ export async function runLoad(o: LoadRunOptions): Promise<LoadResult> {
     await withClient(db.url, (c) => c.query(commitTriggerSql));
 
     let ready: SubscribersReady | undefined;
-    if (o.subscribers !== undefined && o.subscribers.count > 0) {
+    if (subs !== undefined && o.subscribers !== undefined) {
       o.onStatus(`connecting ${o.subscribers.count} subscribers`);
-      subs = forkChild(join(o.repoRoot, "bench/lib/subscriber-process.ts"), o.repoRoot);
+      await subsAlive;
       const readyMessage = subs.next("ready");
       subs.send({
         type: "start",
@@ -203,7 +215,7 @@ export async function runLoad(o: LoadRunOptions): Promise<LoadResult> {
         throw new Error(`${ready.failed} subscribers failed to connect: ${ready.firstError}`);
       }
     }
-    probe = forkChild(join(o.repoRoot, "bench/lib/probe-process.ts"), o.repoRoot);
+    await probeAlive;
     const probeReady = probe.next("ready");
     probe.send({ type: "start", baseUrl, databaseUrl: db.url, rate: o.probeRate });
     await probeReady;

@@ -46,10 +46,15 @@ export async function buildServer(repoRoot: string): Promise<ServerEntry> {
     await symlink(join(repoRoot, name), join(dir, name));
   }
   await writeFile(join(dir, "package.json"), '{"type":"module"}\n');
+  const remove = (): Promise<void> => rm(dir, { recursive: true, force: true });
+  const release = onAbort(remove);
   return {
     kind: "dist",
     mainJs: join(dir, "dist/main.js"),
-    cleanup: () => rm(dir, { recursive: true, force: true }),
+    cleanup: () => {
+      release();
+      return remove();
+    },
   };
 }
 

@@ -290,3 +290,5 @@ process.on("message", (msg: ToChild) => {
     process.disconnect();
   });
 });
+// Started while the server starts: the parent waits for this before sending "start".
+void sendToParent({ type: "alive" });
