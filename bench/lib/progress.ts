@@ -28,7 +28,7 @@ export class Progress {
     const now = performance.now();
     if (this.#tty) {
       const line = `${this.#prefix(now)} ${text}`;
-      const width = process.stderr.columns ?? 120;
+      const width = process.stderr.columns || 120;
       process.stderr.write(`\r\x1b[K${line.slice(0, Math.max(20, width - 1))}`);
     } else if (now - this.#lastLogged >= logEveryMs) {
       this.#lastLogged = now;
