@@ -1,58 +1,28 @@
 /**
  * Fan-out benchmark: ingest throughput with 0, 100 and 1000 WebSocket subscribers
- * connected, and how long a committed alert takes to reach a subscriber's socket.
- *
- * Four kinds of process share the machine, as they would share a small host:
- * - the server (`node dist/main.js`, built into a temporary directory; or tsx) on a
- *   fresh PostgreSQL database, with its default settings (flush 100 ms, batch 1000);
- * - the subscribers (bench/lib/subscriber-process.ts), version-1 `/ws` clients by default;
- * - this process, the load generator: simulated agents over gRPC (HTTP/2), each
- *   pipelining up to `--in-flight` events, as fast as the server ACKs them;
- * - a probe agent (bench/lib/probe-process.ts) that sends a few alerts per second from
- *   an otherwise idle process and stamps their commit (LISTEN/NOTIFY from a trigger the
- *   benchmark adds to its own database) and their ACK.
- *
- * Ingest is load-agent ACKs per second during the measured window (after a warm-up);
- * afterwards the stored row count must equal the ACKs. Latency: send→ACK at the load
- * agents; for the probe's alerts, commit→ACK, commit→WebSocket and ACK→WebSocket, where
- * "WebSocket" is when a timed subscriber's frame carrying the alert arrived. Every
- * process stamps with the same clock (performance.timeOrigin + performance.now()).
+ * connected (or other counts, or version-0 clients), and how long a committed alert takes
+ * to reach a subscriber's socket, with every latency of the probe's alerts in the table.
+ * Each scenario is one `runLoad` (bench/lib/load-run.ts, which says how it measures), as
+ * in scenarios 2 and 4 of the suite (`npm run bench`); this script is for digging into
+ * fan-out alone: subscriber counts, protocol versions, profiles.
  *
  * Usage: npm run bench:fanout -- [--quick] [--runs N] [--scenarios 0,100,1000,100v0] …
  */
-import { execFileSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
-import { cpus, loadavg, totalmem } from "node:os";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { createClient } from "@connectrpc/connect";
-import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import pg from "pg";
-import { startSimulatedAgent } from "../src/cli/simulated-agent.js";
-import { AlertService } from "../src/gen/alert/alert_pb.js";
+import { undoOnSignals } from "./lib/cleanup.js";
+import { type CpuCores, type LoadResult, runLoad } from "./lib/load-run.js";
 import {
-  type Child,
-  commitTriggerSql,
-  type FinishSubscribers,
-  forkChild,
-  type ProbeReady,
-  type ProbeResult,
-  type StartProbe,
-  type StartSubscribers,
-  type StopProbe,
-  type SubscribersReady,
-  type SubscribersResult,
-} from "./lib/ipc.js";
-import { type Distribution, distribution, median, SampleBuffer } from "./lib/percentiles.js";
-import { CpuMeter, machineCpu } from "./lib/proc-stats.js";
-import {
-  buildServer,
-  type ServerEntry,
-  type ServerProcess,
-  startServerProcess,
-} from "./lib/server-process.js";
+  type CodeVersion,
+  codeVersion,
+  describeMachine,
+  type Machine,
+  waitForQuiet,
+} from "./lib/machine.js";
+import { median } from "./lib/percentiles.js";
+import { buildServer, type ServerEntry } from "./lib/server-process.js";
 
 const repoRoot = fileURLToPath(new URL("..", import.meta.url));
 const goalRatio = 0.7;
@@ -211,120 +181,17 @@ function parseOptions(argv: readonly string[]): Options | undefined {
   return opts;
 }
 
-/** CPU use during the measured window, in cores (CPU seconds per second). */
-interface CpuCores {
-  readonly server: number;
-  readonly subscribers: number;
-  readonly loadGenerator: number;
-  /** The PostgreSQL backends of the benchmark's database. */
-  readonly postgres: number;
-  /** All cores, every process. */
-  readonly machineBusy: number;
-  /** Interrupts and softirqs (loopback TCP is mostly here), charged to no process. */
-  readonly irq: number;
-  /** CPU the hypervisor gave to other guests while this one wanted it. */
-  readonly steal: number;
-  /** machineBusy minus all the above: PostgreSQL's background processes, anything else running. */
-  readonly other: number;
-}
-
 /** What one scenario measured in one run. */
-interface ScenarioResult {
+type ScenarioResult = LoadResult & {
   readonly label: string;
   readonly subscribers: number;
   readonly version: 0 | 1;
   readonly run: number;
-  readonly windowSeconds: number;
-  /** ACKs per second in the window. */
-  readonly ingestPerSecond: number;
-  readonly sent: number;
-  readonly acked: number;
-  readonly errors: number;
-  /** Events that never got a reply. */
-  readonly unanswered: number;
-  readonly agentFailures: readonly string[];
-  /** Rows in the alerts table afterwards; must equal `acked`. */
-  readonly rowsStored: number;
-  /** send→ACK at the load agents (pipelined, thousands in flight), ms. */
-  readonly sendToAckMs: Distribution;
-  /** send→ACK at the probe agent (a few alerts per second, idle process), ms. */
-  readonly probeSendToAckMs: Distribution;
-  /** Commit (NOTIFY from the benchmark's trigger) → probe ACK read, ms. */
-  readonly commitToAckMs: Distribution;
-  /** Commit → frame at a timed subscriber, ms, over (probe alert, timed subscriber). */
-  readonly commitToWsMs: Distribution;
-  /** The same, for the subscriber that subscribed last (written to last). */
-  readonly commitToWsLastSubscriberMs: Distribution;
-  /** Probe ACK read → frame at a timed subscriber, ms, over (probe alert, timed subscriber). */
-  readonly ackToWsMs: Distribution;
-  /** Probe send → frame at a timed subscriber: agent to browser, end to end, ms. */
-  readonly sendToWsMs: Distribution;
-  /** Probe alerts × timed subscribers that never arrived. */
-  readonly timedMissing: number;
-  /** Probe alerts in the window whose commit notification never came. */
-  readonly commitsMissed: number;
-  readonly subscribersInfo:
-    | (Omit<SubscribersReady, "type"> &
-        Omit<SubscribersResult, "type" | "timed"> & {
-          /** Every subscriber should have received every stored alert. */
-          readonly expectedAlerts: number;
-        })
-    | undefined;
-  readonly cpu: CpuCores;
   /** Busy cores just before the scenario started (undefined: not checked). */
   readonly busyBefore: number | undefined;
   readonly loadAverageBefore: number;
-  readonly serverWarnings: Readonly<Record<string, number>>;
   readonly profileDir: string | undefined;
-}
-
-async function withClient<T>(url: string, use: (c: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await use(client);
-  } finally {
-    await client.end();
-  }
-}
-
-function databaseUrlFor(adminUrl: string, name: string): string {
-  const url = new URL(adminUrl);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
-
-type SubscriberProcess = Child<
-  StartSubscribers | FinishSubscribers,
-  SubscribersReady | SubscribersResult
->;
-type ProbeProcess = Child<StartProbe | StopProbe, ProbeReady | ProbeResult>;
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-/**
- * Waits (at most `maxWaitMs`) until the machine is nearly idle, so a scenario does not
- * start while something else (a test run, a compiler) holds the cores. Returns how busy
- * it was at the last look, in cores.
- */
-async function waitForQuiet(maxWaitMs: number): Promise<number | undefined> {
-  if (maxWaitMs <= 0) return undefined;
-  const began = performance.now();
-  let told = false;
-  for (;;) {
-    const a = machineCpu();
-    await sleep(2_000);
-    const b = machineCpu();
-    const busy = (b.busy - a.busy) / 2;
-    const waited = performance.now() - began;
-    if (busy < quietCores || waited >= maxWaitMs) {
-      if (told) process.stderr.write(`(waited ${(waited / 1000).toFixed(0)} s) `);
-      return busy;
-    }
-    if (!told) process.stderr.write(`(machine busy: ${busy.toFixed(2)} cores; waiting) `);
-    told = true;
-  }
-}
+};
 
 async function runScenario(
   o: Options,
@@ -333,297 +200,40 @@ async function runScenario(
   run: number,
   profileRoot: string,
 ): Promise<ScenarioResult> {
-  const busyBefore = await waitForQuiet(o.quietWaitMs);
+  const busyBefore = await waitForQuiet(o.quietWaitMs, quietCores, (busy) =>
+    process.stderr.write(`(machine busy: ${busy.toFixed(2)} cores; waiting) `),
+  );
   const loadAverageBefore = loadavg()[0] ?? 0;
-  const dbName = `tw_bench_${randomBytes(5).toString("hex")}`;
-  const dbUrl = databaseUrlFor(o.databaseUrl, dbName);
-  await withClient(o.databaseUrl, (c) => c.query(`create database ${dbName}`));
   const profileDir = o.profile
     ? join(profileRoot, `${scenario.label.replace(/\W+/g, "") || "0"}-run${run}`)
     : undefined;
-  if (profileDir !== undefined) await mkdir(profileDir, { recursive: true });
-
-  let server: ServerProcess | undefined;
-  let subs: SubscriberProcess | undefined;
-  let probe: ProbeProcess | undefined;
-  const sessions: Http2SessionManager[] = [];
-  try {
-    server = await startServerProcess({
-      repoRoot,
-      entry,
-      databaseUrl: dbUrl,
-      nodeArgs: profileDir === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${profileDir}`],
-    });
-    const serverPid = server.pid;
-    const baseUrl = `http://127.0.0.1:${server.port}`;
-    await withClient(dbUrl, (c) => c.query(commitTriggerSql));
-
-    let ready: SubscribersReady | undefined;
-    if (scenario.subscribers > 0) {
-      subs = forkChild(join(repoRoot, "bench/lib/subscriber-process.ts"), repoRoot);
-      const readyMessage = subs.next("ready");
-      subs.send({
-        type: "start",
-        url: `ws://127.0.0.1:${server.port}/ws`,
-        count: scenario.subscribers,
-        version: scenario.version,
-        timedSubscribers: o.timed,
-        connectConcurrency: 20,
-      });
-      ready = await readyMessage;
-      if (ready.failed > 0) {
-        throw new Error(`${ready.failed} subscribers failed to connect: ${ready.firstError}`);
-      }
-    }
-    probe = forkChild(join(repoRoot, "bench/lib/probe-process.ts"), repoRoot);
-    const probeReady = probe.next("ready");
-    probe.send({ type: "start", baseUrl, databaseUrl: dbUrl, rate: o.probeRate });
-    await probeReady;
-    const subsPid = subs?.pid;
-    const probePid = probe.pid;
-
-    // The load: agents in this process, each on its own HTTP/2 connection.
-    const sendToAck = new SampleBuffer();
-    let windowAcks = 0;
-    let inWindow = false;
-    const t0 = performance.now();
-    const windowStart = t0 + o.warmupMs;
-    const windowEnd = windowStart + o.durationMs;
-    const agents = Array.from({ length: o.agents }, (_, i) => {
-      const sessionManager = new Http2SessionManager(baseUrl);
-      sessions.push(sessionManager);
-      const transport = createGrpcTransport({ baseUrl, sessionManager });
-      return startSimulatedAgent({
-        client: createClient(AlertService, transport),
-        hostname: `bench-agent-${i + 1}`,
-        rate: 0,
-        durationMs: o.warmupMs + o.durationMs,
-        maxInFlight: o.inFlight,
-        drainTimeoutMs: 30_000,
-        onReply(reply) {
-          if (!inWindow || reply.type !== "ACK") return;
-          windowAcks++;
-          sendToAck.push(reply.latencyMs);
-        },
-      });
-    });
-
-    // CPU of each party over the window.
-    const meters = {
-      server: new CpuMeter(),
-      subscribers: new CpuMeter(),
-      loadGenerator: new CpuMeter(),
-      postgres: new CpuMeter(),
-    };
-    const backendPids = (): Promise<number[]> =>
-      withClient(o.databaseUrl, async (c) => {
-        const r = await c.query<{ pid: number }>(
-          "select pid from pg_stat_activity where datname = $1",
-          [dbName],
-        );
-        return r.rows.map((row) => row.pid);
-      });
-    let machineStart = machineCpu();
-    let machineEnd = machineStart;
-    let measuredStart = 0;
-    let measuredEnd = 0;
-    const windowDone = (async () => {
-      await sleep(windowStart - performance.now());
-      inWindow = true;
-      measuredStart = performance.now();
-      machineStart = machineCpu();
-      meters.server.add([serverPid]);
-      if (subsPid !== undefined) meters.subscribers.add([subsPid]);
-      // The probe is part of the load; it is nearly idle.
-      meters.loadGenerator.add([process.pid, probePid]);
-      // Read after the window opened (a query takes a few ms); the pool is warm by now.
-      meters.postgres.add(await backendPids());
-      await sleep(windowEnd - performance.now());
-      inWindow = false;
-      measuredEnd = performance.now();
-      machineEnd = machineCpu();
-      for (const m of Object.values(meters)) m.sample();
-    })();
-
-    const finals = await Promise.all(agents.map((a) => a.done));
-    await windowDone;
-    for (const s of sessions) s.abort();
-    const probeResultMessage = probe.next("result");
-    probe.send({ type: "stop", timeoutMs: 30_000 });
-    const probeResult = await probeResultMessage;
-
-    const { rowsStored, maxSeq } = await withClient(dbUrl, async (c) => {
-      const r = await c.query<{ n: string; max: string | null }>(
-        "select count(*)::text as n, max(seq)::text as max from alerts",
-      );
-      return { rowsStored: Number(r.rows[0]?.n ?? 0), maxSeq: Number(r.rows[0]?.max ?? 0) };
-    });
-
-    let result: SubscribersResult | undefined;
-    if (subs !== undefined) {
-      const resultMessage = subs.next("result");
-      subs.send({ type: "finish", seq: maxSeq, timeoutMs: 30_000 });
-      result = await resultMessage;
-    }
-
-    // Probe alerts sent during the window, and their delivery to each timed subscriber.
-    const windowFrom = performance.timeOrigin + measuredStart;
-    const windowTo = performance.timeOrigin + measuredEnd;
-    const probes = new Map<string, { sentAt: number; committedAt: number; ackedAt: number }>();
-    const probeSendToAck = new SampleBuffer();
-    const commitToAck = new SampleBuffer();
-    for (const [alertId, sentAt, committedAt, ackedAt] of probeResult.samples) {
-      if (sentAt < windowFrom || sentAt >= windowTo) continue;
-      probes.set(alertId, { sentAt, committedAt, ackedAt });
-      probeSendToAck.push(ackedAt - sentAt);
-      if (!Number.isNaN(committedAt)) commitToAck.push(ackedAt - committedAt);
-    }
-    const ackToWs = new SampleBuffer();
-    const commitToWs = new SampleBuffer();
-    const sendToWs = new SampleBuffer();
-    const commitToWsLast = new SampleBuffer();
-    let matched = 0;
-    const lastIndex = Math.max(-1, ...(result?.timed.map((t) => t.index) ?? []));
-    for (const t of result?.timed ?? []) {
-      for (const [alertId, at] of t.deliveries) {
-        const p = probes.get(alertId);
-        if (p === undefined) continue;
-        matched++;
-        ackToWs.push(at - p.ackedAt);
-        sendToWs.push(at - p.sentAt);
-        if (!Number.isNaN(p.committedAt)) {
-          commitToWs.push(at - p.committedAt);
-          if (t.index === lastIndex) commitToWsLast.push(at - p.committedAt);
-        }
-      }
-    }
-    const timedCount = result?.timed.length ?? 0;
-
-    const windowSeconds = (measuredEnd - measuredStart) / 1000;
-    const cores = (s: number): number => s / windowSeconds;
-    const cpu = {
-      server: cores(meters.server.seconds),
-      subscribers: cores(meters.subscribers.seconds),
-      loadGenerator: cores(meters.loadGenerator.seconds),
-      postgres: cores(meters.postgres.seconds),
-      machineBusy: cores(machineEnd.busy - machineStart.busy),
-      irq: cores(machineEnd.irq - machineStart.irq),
-      steal: cores(machineEnd.steal - machineStart.steal),
-      other: 0,
-    };
-    cpu.other = Math.max(
-      0,
-      cpu.machineBusy -
-        cpu.server -
-        cpu.subscribers -
-        cpu.loadGenerator -
-        cpu.postgres -
-        cpu.irq -
-        cpu.steal,
-    );
-
-    const sum = (f: (s: (typeof finals)[number]) => number): number =>
-      finals.reduce((n, s) => n + f(s), 0);
-    const acked = sum((s) => s.acked);
-    let subscribersInfo: ScenarioResult["subscribersInfo"];
-    if (ready !== undefined && result !== undefined) {
-      const { type: _r, ...readyInfo } = ready;
-      const { type: _t, timed: _timed, ...resultInfo } = result;
-      subscribersInfo = {
-        ...readyInfo,
-        ...resultInfo,
-        expectedAlerts: rowsStored * result.subscribers,
-      };
-    }
-    const failures = finals.flatMap((s) => (s.failure === undefined ? [] : [s.failure]));
-    if (probeResult.failure !== undefined) failures.push(`probe: ${probeResult.failure}`);
-    return {
-      label: scenario.label,
-      subscribers: scenario.subscribers,
-      version: scenario.version,
-      run,
-      windowSeconds,
-      ingestPerSecond: windowAcks / windowSeconds,
-      sent: sum((s) => s.sent) + probeResult.sent,
-      acked: acked + probeResult.samples.length,
-      errors: sum((s) => s.errors) + probeResult.errors,
-      unanswered: sum((s) => s.inFlight),
-      agentFailures: failures,
-      rowsStored,
-      sendToAckMs: distribution(sendToAck.values()),
-      probeSendToAckMs: distribution(probeSendToAck.values()),
-      commitToAckMs: distribution(commitToAck.values()),
-      commitToWsMs: distribution(commitToWs.values()),
-      commitToWsLastSubscriberMs: distribution(commitToWsLast.values()),
-      ackToWsMs: distribution(ackToWs.values()),
-      sendToWsMs: distribution(sendToWs.values()),
-      commitsMissed: probes.size - commitToAck.length,
-      timedMissing: probes.size * timedCount - matched,
-      subscribersInfo,
-      cpu,
-      busyBefore,
-      loadAverageBefore,
-      serverWarnings: Object.fromEntries(server.warnings),
-      profileDir,
-    };
-  } finally {
-    for (const s of sessions) s.abort();
-    subs?.kill();
-    probe?.kill();
-    await server?.stop(30_000);
-    await withClient(o.databaseUrl, (c) =>
-      c.query(`drop database if exists ${dbName} with (force)`),
-    ).catch((err: unknown) => process.stderr.write(`could not drop ${dbName}: ${String(err)}\n`));
-  }
-}
-
-/** The code under test: the commit, and whether the server's sources differ from it. */
-interface CodeVersion {
-  readonly commit: string;
-  /** Files under src/, proto/ or drizzle/ changed since the commit (git status). */
-  readonly uncommitted: readonly string[];
-}
-
-function codeVersion(): CodeVersion {
-  const git = (...args: string[]): string =>
-    execFileSync("git", args, { cwd: repoRoot, encoding: "utf8" }).trim();
-  try {
-    const uncommitted = git("status", "--porcelain", "--", "src", "proto", "drizzle")
-      .split("\n")
-      .filter((line) => line !== "");
-    return { commit: git("log", "-1", "--format=%h %s"), uncommitted };
-  } catch {
-    return { commit: "unknown (not a git checkout)", uncommitted: [] };
-  }
-}
-
-/** The machine the numbers come from. */
-interface Machine {
-  readonly cores: number;
-  readonly cpuModel: string;
-  readonly memoryGiB: number;
-  readonly node: string;
-  readonly postgres: string;
-}
-
-async function describeMachine(adminUrl: string): Promise<Machine> {
-  let cpuModel = cpus()[0]?.model ?? "unknown";
-  try {
-    const m = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"));
-    if (m?.[1] !== undefined) cpuModel = m[1].trim();
-  } catch {
-    // not Linux: keep os.cpus()
-  }
-  const postgres = await withClient(adminUrl, async (c) => {
-    const r = await c.query<{ server_version: string }>("show server_version");
-    return r.rows[0]?.server_version ?? "unknown";
+  const r = await runLoad({
+    repoRoot,
+    entry,
+    adminUrl: o.databaseUrl,
+    agents: o.agents,
+    inFlight: o.inFlight,
+    ratePerAgent: 0,
+    warmupMs: o.warmupMs,
+    durationMs: o.durationMs,
+    subscribers:
+      scenario.subscribers > 0
+        ? { count: scenario.subscribers, version: scenario.version, timed: o.timed, stall: false }
+        : undefined,
+    probeRate: o.probeRate,
+    finishTimeoutMs: 30_000,
+    profileDir,
+    onStatus: () => {},
   });
   return {
-    cores: cpus().length,
-    cpuModel,
-    memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
-    node: process.version,
-    postgres,
+    ...r,
+    label: scenario.label,
+    subscribers: scenario.subscribers,
+    version: scenario.version,
+    run,
+    busyBefore,
+    loadAverageBefore,
+    profileDir,
   };
 }
 
@@ -745,7 +355,7 @@ function markdown(
     `Machine: ${machine.cores} × ${machine.cpuModel}, ${machine.memoryGiB} GiB RAM; Node ${machine.node}; PostgreSQL ${machine.postgres}; server, subscribers, agents and PostgreSQL all on this machine.  `,
   );
   lines.push(
-    `Server: ${o.server === "dist" ? "node dist/main.js" : "node --import tsx src/main.ts"} (child process), default settings (flush 100 ms, batch 1000, 2 concurrent flushes); code ${code.commit}${code.uncommitted.length > 0 ? ` plus uncommitted changes (${code.uncommitted.join(", ")})` : ""}.  `,
+    `Server: ${o.server === "dist" ? "node dist/main.js" : "node --import tsx src/main.ts"} (child process), default settings (flush 100 ms, batch 1000, 2 concurrent flushes); code ${code.commit} ${code.subject}${code.uncommitted.length > 0 ? ` plus uncommitted changes (${code.uncommitted.join(", ")})` : ""}.  `,
   );
   lines.push(
     `Load: ${o.agents} agents over gRPC (HTTP/2), ${o.inFlight} events in flight each, plus a probe agent at ${o.probeRate} alerts/s; ${o.warmupMs / 1000} s warm-up + ${o.durationMs / 1000} s measured; ${runs}${o.quick ? "; QUICK smoke run" : ""}.`,
@@ -825,9 +435,10 @@ async function main(argv: readonly string[]): Promise<number> {
   const startedAt = new Date();
   const stamp = startedAt.toISOString().slice(0, 19).replace(/:/g, "-");
   const resultsDir = join(repoRoot, "bench/results");
+  undoOnSignals();
   const machine = await describeMachine(o.databaseUrl);
   // Read right before the build: what the numbers are about.
-  const code = codeVersion();
+  const code = codeVersion(repoRoot);
 
   process.stderr.write(
     o.server === "dist" ? "building the server (tsc)…\n" : "server: src/main.ts through tsx\n",

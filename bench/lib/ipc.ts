@@ -1,8 +1,9 @@
 /**
- * The child processes of the fan-out benchmark (subscribers, probe agent): their IPC
+ * The child processes of the benchmark (subscribers, probe agent, echo servers): their IPC
  * messages, a typed handle to drive them, and the clock every process stamps events with.
  */
 import { fork } from "node:child_process";
+import { onAbort } from "./cleanup.js";
 
 /**
  * Wall-clock time in epoch milliseconds with sub-millisecond resolution. All processes
@@ -40,11 +41,43 @@ export interface FinishSubscribers {
   readonly timeoutMs: number;
 }
 
+/**
+ * Subscribers whose index is `stallGroupOffset` modulo `stallGroupEvery` form the stall
+ * group (10%); the others, the timed ones among them, never stall.
+ */
+export const stallGroupEvery = 10;
+export const stallGroupOffset = 4;
+
+/** Parent → subscriber process: the stall group stops reading for `durationMs`, then resumes. */
+export interface StallSubscribers {
+  readonly type: "stall";
+  readonly durationMs: number;
+}
+
+/** Parent → subscriber process: report the delivery counters now. */
+export interface CountSubscribers {
+  readonly type: "count";
+}
+
+/** Subscriber process → parent: alerts received so far by each group, and when. */
+export interface SubscriberCounts {
+  readonly type: "counts";
+  /** epochMs() when counted. */
+  readonly at: number;
+  /** Alerts received, summed over the subscribers outside the stall group. */
+  readonly othersAlerts: number;
+  readonly othersSubscribers: number;
+  readonly stallGroupAlerts: number;
+  readonly stallGroupSubscribers: number;
+}
+
 /** Subscriber process → parent: every subscriber is connected and live (or failed). */
 export interface SubscribersReady {
   readonly type: "ready";
   readonly connected: number;
   readonly failed: number;
+  /** Connection attempts that failed and were tried again. */
+  readonly retried: number;
   readonly firstError: string | undefined;
   readonly connectMs: number;
 }
@@ -140,10 +173,34 @@ export interface ProbeResult {
   readonly failure: string | undefined;
 }
 
+/** Subscriber or probe process → parent: loaded and listening for messages. */
+export interface ChildAlive {
+  readonly type: "alive";
+}
+
+/** Echo server process → parent: listening on `port` (127.0.0.1, h2c). */
+export interface EchoListening {
+  readonly type: "listening";
+  readonly port: number;
+}
+
 /** Parent → child messages. */
-export type ToChild = StartSubscribers | FinishSubscribers | StartProbe | StopProbe;
+export type ToChild =
+  | StartSubscribers
+  | FinishSubscribers
+  | StallSubscribers
+  | CountSubscribers
+  | StartProbe
+  | StopProbe;
 /** Child → parent messages. */
-export type FromChild = SubscribersReady | SubscribersResult | ProbeReady | ProbeResult;
+export type FromChild =
+  | ChildAlive
+  | SubscribersReady
+  | SubscribersResult
+  | SubscriberCounts
+  | ProbeReady
+  | ProbeResult
+  | EchoListening;
 
 /** A child process driven over IPC. */
 export interface Child<In extends ToChild, Out extends FromChild> {
@@ -160,8 +217,9 @@ export interface Child<In extends ToChild, Out extends FromChild> {
 export function forkChild<In extends ToChild, Out extends FromChild>(
   script: string,
   cwd: string,
+  args: readonly string[] = [],
 ): Child<In, Out> {
-  const child = fork(script, [], {
+  const child = fork(script, args, {
     cwd,
     execArgv: ["--import", "tsx"],
     // Structured clone: the results carry large arrays.
@@ -169,16 +227,26 @@ export function forkChild<In extends ToChild, Out extends FromChild>(
     stdio: ["ignore", "inherit", "inherit", "ipc"],
   });
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  // Send errors (the channel closed under a send) show as the exit they come from.
+  child.on("error", () => {});
   const kill = (): void => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   };
   process.once("exit", kill);
-  void exited.then(() => process.off("exit", kill));
+  const release = onAbort(async () => {
+    kill();
+    await exited;
+  });
+  void exited.then(() => {
+    process.off("exit", kill);
+    release();
+  });
   if (child.pid === undefined) throw new Error(`could not start ${script}`);
   return {
     pid: child.pid,
     send: (message) => {
-      child.send(message);
+      // A child that died (or was killed on Ctrl-C) fails the next `next()` instead.
+      if (child.connected) child.send(message);
     },
     next: (type) =>
       new Promise((resolve, reject) => {

@@ -1,5 +1,5 @@
 /**
- * The probe agent of the fan-out benchmark, run as its own, mostly idle process.
+ * The probe agent of the benchmark, run as its own, mostly idle process.
  *
  * It sends a few alerts per second (alert_ids starting with `probeAlertPrefix`) on one
  * StreamAlerts stream and stamps when each was sent, when PostgreSQL announced its
@@ -7,7 +7,7 @@
  * nothing else to do, so it reads a notification or an ACK as soon as it arrives; the
  * load agents, with thousands of replies queued, would read it late.
  *
- * Run by bench/fanout.ts: `node --import tsx bench/lib/probe-process.ts`.
+ * Run by bench/lib/load-run.ts: `node --import tsx bench/lib/probe-process.ts`.
  */
 import { randomUUID } from "node:crypto";
 import { createClient } from "@connectrpc/connect";
@@ -55,7 +55,7 @@ async function start(msg: StartProbe): Promise<void> {
   const { hostId } = await client.registerAgent({
     hostname: "bench-probe",
     platform: "linux",
-    agentVersion: "fanout-bench-probe",
+    agentVersion: "bench-probe",
   });
   const intervalMs = 1000 / msg.rate;
 
@@ -124,3 +124,5 @@ process.on("message", (msg: ToChild) => {
     process.disconnect();
   });
 });
+// Started while the server starts: the parent waits for this before sending "start".
+void sendToParent({ type: "alive" });

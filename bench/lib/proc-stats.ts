@@ -88,3 +88,45 @@ export class CpuMeter {
     return sum;
   }
 }
+
+/** Resident set size of `pid` in bytes (VmRSS); undefined once it is gone. */
+export function processRssBytes(pid: number): number | undefined {
+  try {
+    const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m?.[1] === undefined ? undefined : Number(m[1]) * 1024;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Samples a process's RSS on an interval between `start()` and `stop()`: first and peak. */
+export class RssSampler {
+  #first: number | undefined;
+  #peak = 0;
+  #last: number | undefined;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly pid: number,
+    private readonly intervalMs: number,
+  ) {}
+
+  start(): void {
+    this.#read();
+    this.#timer = setInterval(() => this.#read(), this.intervalMs);
+  }
+
+  stop(): { first: number | undefined; peak: number; last: number | undefined } {
+    clearInterval(this.#timer);
+    this.#read();
+    return { first: this.#first, peak: this.#peak, last: this.#last };
+  }
+
+  #read(): void {
+    const rss = processRssBytes(this.pid);
+    if (rss === undefined) return;
+    this.#first ??= rss;
+    this.#last = rss;
+    if (rss > this.#peak) this.#peak = rss;
+  }
+}

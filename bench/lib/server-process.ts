@@ -7,6 +7,7 @@ import { mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { onAbort } from "./cleanup.js";
 
 const run = promisify(execFile);
 const listeningPrefix = "tripwire-dashboard listening on";
@@ -45,10 +46,15 @@ export async function buildServer(repoRoot: string): Promise<ServerEntry> {
     await symlink(join(repoRoot, name), join(dir, name));
   }
   await writeFile(join(dir, "package.json"), '{"type":"module"}\n');
+  const remove = (): Promise<void> => rm(dir, { recursive: true, force: true });
+  const release = onAbort(remove);
   return {
     kind: "dist",
     mainJs: join(dir, "dist/main.js"),
-    cleanup: () => rm(dir, { recursive: true, force: true }),
+    cleanup: () => {
+      release();
+      return remove();
+    },
   };
 }
 
@@ -104,6 +110,10 @@ export async function startServerProcess(options: ServerProcessOptions): Promise
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   };
   process.once("exit", kill);
+  const release = onAbort(async () => {
+    kill();
+    await exited;
+  });
 
   const warnings = new Map<string, number>();
   const tail: string[] = [];
@@ -147,6 +157,7 @@ export async function startServerProcess(options: ServerProcessOptions): Promise
     });
   }).catch((err: unknown) => {
     kill();
+    release();
     throw err;
   });
   if (child.pid === undefined) throw new Error("server process has no pid");
@@ -161,6 +172,7 @@ export async function startServerProcess(options: ServerProcessOptions): Promise
       const how = await exited;
       clearTimeout(timer);
       process.off("exit", kill);
+      release();
       return how;
     },
   };

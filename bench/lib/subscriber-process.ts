@@ -1,5 +1,5 @@
 /**
- * The subscribers of the fan-out benchmark, run as a child process (IPC) so that reading
+ * The WebSocket subscribers of the benchmark, run as a child process (IPC) so that reading
  * their frames does not steal the load generator's event loop.
  *
  * Most subscribers do what a subscriber must and no more: read each frame and note the
@@ -8,7 +8,7 @@
  * connection order (the server writes to them in that order), also pick out the probe
  * agent's alerts in each frame and stamp when they arrived.
  *
- * Run by bench/fanout.ts: `node --import tsx bench/lib/subscriber-process.ts`.
+ * Run by bench/lib/load-run.ts: `node --import tsx bench/lib/subscriber-process.ts`.
  */
 import { WebSocket } from "ws";
 import {
@@ -16,6 +16,8 @@ import {
   probeAlertPrefix,
   type StartSubscribers,
   sendToParent,
+  stallGroupEvery,
+  stallGroupOffset,
   type TimedDelivery,
   type ToChild,
 } from "./ipc.js";
@@ -36,6 +38,10 @@ interface Subscriber {
   readonly index: number;
   readonly socket: WebSocket;
   readonly timed: TimedDelivery[] | undefined;
+  /** In the group that stalls on a "stall" message (10%). */
+  readonly stallGroup: boolean;
+  /** Alerts this subscriber received. */
+  alerts: number;
   lastSeq: number;
   live: boolean;
 }
@@ -66,6 +72,7 @@ let finishing = false;
 function received(s: Subscriber, first: number, last: number): void {
   if (s.lastSeq > 0 && first > s.lastSeq + 1) totals.gaps += first - s.lastSeq - 1;
   totals.alertsReceived += last - first + 1;
+  s.alerts += last - first + 1;
   if (last > s.lastSeq) s.lastSeq = last;
 }
 
@@ -124,6 +131,8 @@ function connectOne(start: StartSubscribers, index: number, timed: boolean): Pro
       index,
       socket,
       timed: timed ? [] : undefined,
+      stallGroup: index % stallGroupEvery === stallGroupOffset,
+      alerts: 0,
       lastSeq: 0,
       live: start.version === 0,
     };
@@ -150,6 +159,9 @@ function connectOne(start: StartSubscribers, index: number, timed: boolean): Pro
   });
 }
 
+/** Tries per subscriber before its connection counts as failed. */
+const connectAttempts = 3;
+
 /** Indexes of the timed subscribers: `n` of `count`, evenly spread, the last one included. */
 function timedIndexes(count: number, n: number): Set<number> {
   const out = new Set<number>();
@@ -163,17 +175,28 @@ async function start(msg: StartSubscribers): Promise<void> {
   const timed = timedIndexes(msg.count, msg.timedSubscribers);
   let next = 0;
   let failed = 0;
+  let retried = 0;
   let firstError: string | undefined;
   const slots: Array<Subscriber | undefined> = new Array(msg.count);
   // Connect in order, a few at a time, so the connection order is (nearly) the index order.
   const worker = async (): Promise<void> => {
     while (next < msg.count) {
       const index = next++;
-      try {
-        slots[index] = await connectOne(msg, index, timed.has(index));
-      } catch (err) {
-        failed++;
-        firstError ??= err instanceof Error ? err.message : String(err);
+      // A busy machine may reset a handshake now and then: a browser would retry too.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          slots[index] = await connectOne(msg, index, timed.has(index));
+          break;
+        } catch (err) {
+          if (attempt < connectAttempts) {
+            retried++;
+            await new Promise((resolve) => setTimeout(resolve, 100 * attempt));
+            continue;
+          }
+          failed++;
+          firstError ??= err instanceof Error ? err.message : String(err);
+          break;
+        }
       }
     }
   };
@@ -183,6 +206,7 @@ async function start(msg: StartSubscribers): Promise<void> {
     type: "ready",
     connected: subscribers.length,
     failed,
+    retried,
     firstError,
     connectMs: performance.now() - began,
   });
@@ -212,16 +236,59 @@ async function finish(seq: number, timeoutMs: number): Promise<void> {
   process.disconnect();
 }
 
+/**
+ * The stall group stops reading: ws pauses the socket, so the kernel buffers fill and
+ * the server sees a client that does not read. It resumes after `durationMs`.
+ */
+function stall(durationMs: number): Promise<void> {
+  const group = subscribers.filter((s) => s.stallGroup);
+  for (const s of group) s.socket.pause();
+  setTimeout(() => {
+    for (const s of group) s.socket.resume();
+  }, durationMs);
+  return Promise.resolve();
+}
+
+function count(): Promise<void> {
+  let othersAlerts = 0;
+  let othersSubscribers = 0;
+  let stallGroupAlerts = 0;
+  let stallGroupSubscribers = 0;
+  for (const s of subscribers) {
+    if (s.stallGroup) {
+      stallGroupAlerts += s.alerts;
+      stallGroupSubscribers++;
+    } else {
+      othersAlerts += s.alerts;
+      othersSubscribers++;
+    }
+  }
+  return sendToParent({
+    type: "counts",
+    at: epochMs(),
+    othersAlerts,
+    othersSubscribers,
+    stallGroupAlerts,
+    stallGroupSubscribers,
+  });
+}
+
 process.on("message", (msg: ToChild) => {
   const run =
     msg.type === "start" && "url" in msg
       ? start(msg)
       : msg.type === "finish"
         ? finish(msg.seq, msg.timeoutMs)
-        : Promise.resolve();
+        : msg.type === "stall"
+          ? stall(msg.durationMs)
+          : msg.type === "count"
+            ? count()
+            : Promise.resolve();
   run.catch((err: unknown) => {
     process.stderr.write(`subscriber process failed: ${err instanceof Error ? err.stack : err}\n`);
     process.exitCode = 1;
     process.disconnect();
   });
 });
+// Started while the server starts: the parent waits for this before sending "start".
+void sendToParent({ type: "alive" });
