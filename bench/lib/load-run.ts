@@ -513,6 +513,8 @@ export function loadNotes(label: string, r: LoadResult): string[] {
     if (info.droppedReported > 0)
       problems.push(`${info.droppedReported} deliveries dropped (reported to the subscribers)`);
     if (info.gaps > 0) problems.push(`${info.gaps} deliveries missing unreported`);
+    if (info.undecodedFrames > 0)
+      problems.push(`${info.undecodedFrames} compressed frames no timed subscriber decoded`);
     if (info.caughtUp < info.subscribers)
       problems.push(`${info.subscribers - info.caughtUp} subscribers never caught up`);
   }
@@ -522,7 +524,7 @@ export function loadNotes(label: string, r: LoadResult): string[] {
     problems.push(`${info.retried} subscriber connections retried`);
   if (r.commitsMissed > 0) problems.push(`${r.commitsMissed} probe commits not announced`);
   const warnings = Object.entries(r.serverWarnings).filter(
-    ([msg]) => !msg.includes("/ws alert feed is open"),
+    ([msg]) => !msg.includes("open to anyone who can reach this port"),
   );
   if (warnings.length > 0)
     problems.push(`server warnings: ${warnings.map(([msg, n]) => `${n} × "${msg}"`).join(", ")}`);

@@ -29,6 +29,9 @@ export interface RawFeedClient {
   /** The Sec-WebSocket-Extensions the server accepted ("" for none). */
   readonly extensions: string;
   readonly open: () => boolean;
+  /** Stops reading (the kernel buffers fill and the server sees a client that hangs). */
+  pause(): void;
+  resume(): void;
   terminate(): void;
 }
 
@@ -94,6 +97,8 @@ export function connectRaw(options: RawConnectOptions): Promise<RawFeedClient> {
       resolve({
         extensions,
         open: () => open,
+        pause: () => socket.pause(),
+        resume: () => socket.resume(),
         terminate: () => socket.destroy(),
       });
     };

@@ -2,15 +2,21 @@
  * The WebSocket subscribers of the benchmark, run as a child process (IPC) so that reading
  * their frames does not steal the load generator's event loop.
  *
- * Most subscribers do what a subscriber must and no more: read each frame and note the
- * seq range it covers (the first and last `"seq":` of the frame), so gaps and `dropped`
- * reports are counted without parsing the JSON. A few timed subscribers, spread over the
- * connection order (the server writes to them in that order), also pick out the probe
- * agent's alerts in each frame and stamp when they arrived.
+ * Every subscriber is a raw WebSocket client (raw-feed-client.ts) that offers
+ * permessage-deflate, as browsers do. Most do what a subscriber must and no more: read
+ * each frame and note the seq range it covers (the first and last `"seq":` of the frame),
+ * so gaps and `dropped` reports are counted without parsing the JSON.
+ *
+ * A compressed frame is the same bytes for every subscriber (the server compresses each
+ * batch once), so only the timed subscribers, spread over the connection order (the
+ * server writes to them in that order), inflate it: they record its seq range under a
+ * fingerprint of its bytes, pick out the probe agent's alerts and stamp when they
+ * arrived. The others look their frames up by fingerprint. A frame no timed subscriber
+ * has decoded yet waits in the subscriber's queue, in order, until one has.
  *
  * Run by bench/lib/load-run.ts: `node --import tsx bench/lib/subscriber-process.ts`.
  */
-import { WebSocket } from "ws";
+import { constants, inflateRawSync } from "node:zlib";
 import {
   epochMs,
   probeAlertPrefix,
@@ -21,6 +27,7 @@ import {
   type TimedDelivery,
   type ToChild,
 } from "./ipc.js";
+import { connectRaw, type RawFeedClient } from "./raw-feed-client.js";
 
 const v1Prefix = Buffer.from('{"type":"alerts","items":[{"seq":');
 const v0Prefix = Buffer.from('{"type":"alert","data":{"seq":');
@@ -36,7 +43,7 @@ const charL = "l".charCodeAt(0);
 
 interface Subscriber {
   readonly index: number;
-  readonly socket: WebSocket;
+  socket: RawFeedClient | undefined;
   readonly timed: TimedDelivery[] | undefined;
   /** In the group that stalls on a "stall" message (10%). */
   readonly stallGroup: boolean;
@@ -44,6 +51,23 @@ interface Subscriber {
   alerts: number;
   lastSeq: number;
   live: boolean;
+  /** Compressed frames received and not yet decoded by a timed subscriber, in order. */
+  readonly undecoded: string[];
+}
+
+/** Seq ranges of the compressed frames the timed subscribers decoded, by fingerprint. */
+const decodedRanges = new Map<string, readonly [first: number, last: number]>();
+const syncFlushTail = Buffer.from([0, 0, 0xff, 0xff]);
+const opText = 0x1;
+
+/**
+ * Identifies a compressed frame: its length and three 16-byte windows. Frames are whole
+ * batches with distinct seq ranges, which reach every window's bytes.
+ */
+function fingerprint(data: Buffer): string {
+  const n = data.length;
+  const mid = n >> 1;
+  return `${n}:${data.toString("base64", 0, 16)}:${data.toString("base64", mid, mid + 16)}:${data.toString("base64", Math.max(0, n - 16), n)}`;
 }
 
 /** The decimal number at `offset` of `buf` (digits only). */
@@ -86,10 +110,40 @@ function timeSampled(s: Subscriber, data: Buffer, at: number): void {
   }
 }
 
-function onFrame(s: Subscriber, version: 0 | 1, data: Buffer): void {
-  const at = epochMs();
+function onMessage(s: Subscriber, version: 0 | 1, compressed: boolean, data: Buffer): void {
   totals.frames++;
   totals.bytes += data.length;
+  if (!compressed) {
+    onFrame(s, version, data);
+    return;
+  }
+  const key = fingerprint(data);
+  if (s.timed !== undefined) {
+    const text = inflateRawSync(Buffer.concat([data, syncFlushTail]), {
+      finishFlush: constants.Z_SYNC_FLUSH,
+    });
+    const first = readInt(text, v1Prefix.length);
+    const last = readInt(text, text.lastIndexOf(seqKey) + seqKey.length);
+    decodedRanges.set(key, [first, last]);
+    onFrame(s, version, text);
+    return;
+  }
+  s.undecoded.push(key);
+  settleUndecoded(s);
+}
+
+/** Counts the subscriber's queued compressed frames whose ranges are known, in order. */
+function settleUndecoded(s: Subscriber): void {
+  while (s.undecoded.length > 0) {
+    const range = decodedRanges.get(s.undecoded[0] as string);
+    if (range === undefined) return;
+    s.undecoded.shift();
+    received(s, range[0], range[1]);
+  }
+}
+
+function onFrame(s: Subscriber, version: 0 | 1, data: Buffer): void {
+  const at = epochMs();
   const kind = data[typeByte];
   if (kind === charA) {
     if (version === 1) {
@@ -120,43 +174,45 @@ function onFrame(s: Subscriber, version: 0 | 1, data: Buffer): void {
   }
 }
 
-function connectOne(start: StartSubscribers, index: number, timed: boolean): Promise<Subscriber> {
-  return new Promise((resolve, reject) => {
-    const socket = new WebSocket(start.url, start.version === 1 ? ["tripwire.v1"] : [], {
-      // A load generator, not a browser: skip what costs CPU and proves nothing here.
-      skipUTF8Validation: true,
-      perMessageDeflate: false,
-    });
-    const s: Subscriber = {
-      index,
-      socket,
-      timed: timed ? [] : undefined,
-      stallGroup: index % stallGroupEvery === stallGroupOffset,
-      alerts: 0,
-      lastSeq: 0,
-      live: start.version === 0,
-    };
-    let settled = false;
-    const settle = (err?: Error): void => {
-      if (settled) return;
-      settled = true;
-      if (err !== undefined) reject(err);
-      else resolve(s);
-    };
-    socket.on("message", (data, isBinary) => {
-      if (isBinary) return;
-      onFrame(s, start.version, data as Buffer);
-      if (s.live) settle();
-    });
-    socket.on("open", () => {
-      if (start.version === 0) settle();
-    });
-    socket.on("error", (err) => settle(err));
-    socket.on("close", (code) => {
-      settle(new Error(`closed with ${code} before going live`));
-      if (!finishing) closedByServer[String(code)] = (closedByServer[String(code)] ?? 0) + 1;
-    });
+async function connectOne(
+  start: StartSubscribers,
+  index: number,
+  timed: boolean,
+): Promise<Subscriber> {
+  const s: Subscriber = {
+    index,
+    socket: undefined,
+    timed: timed ? [] : undefined,
+    // Timed subscribers decode for the others, so they never stall.
+    stallGroup: !timed && index % stallGroupEvery === stallGroupOffset,
+    alerts: 0,
+    lastSeq: 0,
+    live: start.version === 0,
+    undecoded: [],
+  };
+  let wentLive: () => void = () => {};
+  let failed: (err: Error) => void = () => {};
+  const live = new Promise<void>((resolve, reject) => {
+    wentLive = resolve;
+    failed = reject;
   });
+  s.socket = await connectRaw({
+    url: start.url,
+    protocols: start.version === 1 ? ["tripwire.v1"] : [],
+    deflate: true,
+    onMessage: (opcode, compressed, payload) => {
+      if (opcode !== opText) return;
+      onMessage(s, start.version, compressed, payload);
+      if (s.live) wentLive();
+    },
+    onClose: (code) => {
+      failed(new Error(`closed with ${code} before going live`));
+      if (!finishing) closedByServer[String(code)] = (closedByServer[String(code)] ?? 0) + 1;
+    },
+  });
+  if (start.version === 0) wentLive();
+  await live;
+  return s;
 }
 
 /** Tries per subscriber before its connection counts as failed. */
@@ -214,37 +270,41 @@ async function start(msg: StartSubscribers): Promise<void> {
 
 async function finish(seq: number, timeoutMs: number): Promise<void> {
   const deadline = performance.now() + timeoutMs;
-  const behind = (): number =>
-    subscribers.filter((s) => s.socket.readyState === WebSocket.OPEN && s.lastSeq < seq).length;
+  const behind = (): number => {
+    for (const s of subscribers) settleUndecoded(s);
+    return subscribers.filter((s) => s.socket?.open() === true && s.lastSeq < seq).length;
+  };
   // No event says "every subscriber is at seq": poll it, with a deadline.
   while (behind() > 0 && performance.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
   finishing = true;
   const caughtUp = subscribers.filter((s) => s.lastSeq >= seq).length;
+  const undecodedFrames = subscribers.reduce((n, s) => n + s.undecoded.length, 0);
   await sendToParent({
     type: "result",
     subscribers: subscribers.length,
     caughtUp,
     ...totals,
     closedByServer,
+    undecodedFrames,
     timed: subscribers
       .filter((s) => s.timed !== undefined)
       .map((s) => ({ index: s.index, deliveries: s.timed ?? [] })),
   });
-  for (const s of subscribers) s.socket.terminate();
+  for (const s of subscribers) s.socket?.terminate();
   process.disconnect();
 }
 
 /**
- * The stall group stops reading: ws pauses the socket, so the kernel buffers fill and
+ * The stall group stops reading: its sockets are paused, so the kernel buffers fill and
  * the server sees a client that does not read. It resumes after `durationMs`.
  */
 function stall(durationMs: number): Promise<void> {
   const group = subscribers.filter((s) => s.stallGroup);
-  for (const s of group) s.socket.pause();
+  for (const s of group) s.socket?.pause();
   setTimeout(() => {
-    for (const s of group) s.socket.resume();
+    for (const s of group) s.socket?.resume();
   }, durationMs);
   return Promise.resolve();
 }
@@ -255,6 +315,7 @@ function count(): Promise<void> {
   let stallGroupAlerts = 0;
   let stallGroupSubscribers = 0;
   for (const s of subscribers) {
+    settleUndecoded(s);
     if (s.stallGroup) {
       stallGroupAlerts += s.alerts;
       stallGroupSubscribers++;
