@@ -8,12 +8,16 @@ import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import websocket from "@fastify/websocket";
 import { sql } from "drizzle-orm";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
+import { registerHostsRoute } from "./api/hosts-route.js";
 import { type LiveFeed, startLiveFeed } from "./broadcast/live-feed.js";
 import type { Config } from "./config.js";
 import { AlertService } from "./gen/alert/alert_pb.js";
+import type { HostLiveness } from "./hosts/host-liveness.js";
+import { startHostLiveness } from "./hosts/start-host-liveness.js";
 import { jsonTextDecoder } from "./http/json-text-decoder.js";
 import { createOnePortServer } from "./http/one-port.js";
 import { createTlsServer, readTlsMaterial } from "./http/tls.js";
+import { createViewerAccessCheck } from "./http/viewer-access.js";
 import { peerContextValues } from "./ingest/agent-identity.js";
 import { createAlertService } from "./ingest/alert-service.js";
 import { HostDirectory } from "./ingest/host-directory.js";
@@ -43,6 +47,8 @@ export interface Server {
   readonly broadcaster: LiveFeed;
   readonly writer: BatchWriter;
   readonly wsStats: WsStats;
+  /** Which hosts are ONLINE; writes hosts.last_seen. */
+  readonly liveness: HostLiveness;
 }
 
 /**
@@ -101,6 +107,11 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
     log: log.child({ component: "batch-writer" }),
   });
   const hosts = new HostDirectory(store);
+  const hostLiveness = await startHostLiveness({
+    database,
+    config,
+    log: log.child({ component: "hosts" }),
+  });
   const shutdown = new AbortController();
   // Aborts whatever RPC is still open once the shutdown timeout has passed.
   const rpcDeadline = new AbortController();
@@ -108,6 +119,7 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
     // Agent streams stop reading and answer what they read; commit it now rather than
     // at the next interval, so they can end with UNAVAILABLE promptly.
     shutdown.abort();
+    hostLiveness.liveness.stopping();
     void writer.flush();
     setTimeout(
       () =>
@@ -149,6 +161,7 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
           limits: config,
           shutdown: shutdown.signal,
           clientAuth: tls?.clientCa === undefined ? "off" : config.tlsClientAuth,
+          liveness: hostLiveness.liveness,
           maxStreamsPerHost: config.maxStreamsPerHost,
           rateLimiter: new HostRateLimiter({
             ratePerSecond: config.hostRateLimit,
@@ -198,6 +211,15 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
       maxConnections: config.wsMaxConnections,
       maxConnectionsPerToken: config.wsMaxConnectionsPerToken,
     },
+    hostStatus: hostLiveness.liveness,
+  });
+  registerHostsRoute(app, {
+    store: hostLiveness.store,
+    liveness: hostLiveness.liveness,
+    checkAccess: createViewerAccessCheck({
+      tokens: config.wsTokens,
+      allowedOrigins: config.wsAllowedOrigins,
+    }),
   });
 
   registerDashboardRoutes(app);
@@ -205,10 +227,11 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
   app.addHook("onClose", async () => {
     // Every event a stream has read is committed (and answered) before the database goes.
     await writer.close();
+    await hostLiveness.close();
     broadcaster.close();
   });
 
-  return { app, broadcaster, writer, wsStats };
+  return { app, broadcaster, writer, wsStats, liveness: hostLiveness.liveness };
 }
 
 /** The innermost cause's message (Drizzle wraps driver errors as "Failed query: …"). */

@@ -10,6 +10,7 @@ import {
   type ServerCommand,
   ServerCommandSchema,
 } from "../gen/alert/alert_pb.js";
+import type { HostActivity } from "../hosts/host-liveness.js";
 import type { Logger } from "../logger.js";
 import type { AlertStore } from "../storage/alert-store.js";
 import { nowMicros } from "../storage/alert-types.js";
@@ -40,6 +41,8 @@ export interface AlertServiceDeps {
   readonly maxStreamsPerHost?: number;
   /** Whether calls need a verified client certificate; default `off` (no client CA). */
   readonly clientAuth?: ClientAuthMode;
+  /** Told of registrations, streams and events, for host liveness; none when omitted. */
+  readonly liveness?: HostActivity;
 }
 
 const maxHostFieldLength = 253;
@@ -67,6 +70,7 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
   const { store, writer, hosts, log, limits, shutdown } = deps;
   const clientAuth = deps.clientAuth ?? "off";
   const rateLimiter = deps.rateLimiter ?? new HostRateLimiter({ ratePerSecond: 0, burst: 0 });
+  const liveness = deps.liveness ?? noActivity;
   // Open streams per host_id they have sent for.
   const hostStreams = new Map<string, number>();
 
@@ -83,6 +87,7 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
         agentVersion: req.agentVersion,
       });
       hosts.remember(hostId, hostname);
+      liveness.registered(hostId, hostname);
       log.info(
         {
           hostname,
@@ -106,10 +111,18 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
         rateLimiter,
         hostStreams,
         maxStreamsPerHost: deps.maxStreamsPerHost ?? 0,
+        liveness,
       });
     },
   };
 }
+
+const noActivity: HostActivity = {
+  registered() {},
+  streamOpened() {},
+  seen() {},
+  streamClosed() {},
+};
 
 function checkField(name: string, value: string, max: number, required: boolean): void {
   if (required && value.trim() === "") {
@@ -141,6 +154,7 @@ async function* streamReplies(
     readonly rateLimiter: HostRateLimiter;
     readonly hostStreams: Map<string, number>;
     readonly maxStreamsPerHost: number;
+    readonly liveness: HostActivity;
   },
 ): AsyncGenerator<ServerCommand> {
   const { writer, hosts, limits, shutdown } = deps;
@@ -214,6 +228,9 @@ async function* streamReplies(
         }
         deps.hostStreams.set(event.hostId, open + 1);
         claimed.add(event.hostId);
+        deps.liveness.streamOpened(event.hostId, hostname);
+      } else {
+        deps.liveness.seen(event.hostId);
       }
       if (!deps.rateLimiter.take(event.hostId)) {
         reply(
@@ -277,6 +294,7 @@ async function* streamReplies(
       const left = (deps.hostStreams.get(hostId) ?? 1) - 1;
       if (left <= 0) deps.hostStreams.delete(hostId);
       else deps.hostStreams.set(hostId, left);
+      deps.liveness.streamClosed(hostId);
     }
     ctx.signal.removeEventListener("abort", onAbort);
     shutdown.removeEventListener("abort", onAbort);
