@@ -3,6 +3,8 @@
 // missed and how it recovered. Rendering uses textContent only: every string in an
 // alert comes from an agent.
 
+import { createHostsPanel } from "./hosts.js";
+
 const MAX_ROWS = 500; // alert rows kept in the DOM; the oldest go first
 const HISTORY = 200; // alerts loaded on a first connection
 const SEVERITY_RANK = { INFO: 0, WARN: 1, CRITICAL: 2 };
@@ -21,6 +23,13 @@ const ui = {
   host: document.getElementById("host"),
   form: document.getElementById("filters"),
 };
+
+const hostsPanel = createHostsPanel({
+  list: document.getElementById("hosts"),
+  summary: document.getElementById("hosts-summary"),
+  empty: document.getElementById("hosts-empty"),
+  token,
+});
 
 let lastSeq = null; // highest seq received: the resume cursor
 let socket = null;
@@ -101,6 +110,11 @@ function connect() {
     switch (msg.type) {
       case "hello":
         if (typeof msg.heartbeat_ms === "number") heartbeatMs = msg.heartbeat_ms;
+        // Statuses may have changed while disconnected; host_status messages follow.
+        void hostsPanel.load();
+        break;
+      case "host_status":
+        hostsPanel.apply(msg.data);
         break;
       case "alerts":
         if (replaying) replayed += msg.items.length;
