@@ -37,7 +37,8 @@ function statusRecorder(): void {
     for (const li of document.querySelectorAll<HTMLElement>("#hosts li.host")) {
       const name = li.dataset.hostname ?? "";
       const status = li.dataset.status ?? "";
-      const list = (seen[name] ??= []);
+      const list = seen[name] ?? [];
+      seen[name] = list;
       if (list.at(-1) !== status) list.push(status);
     }
   }).observe(document, { subtree: true, childList: true, attributes: true });
