@@ -12,7 +12,7 @@ import { type OpenStream, openStream } from "../support/agent-stream.js";
 import { createTestDatabase, type TestDatabase } from "../support/databases.js";
 import { type RunningServer, startServer } from "../support/server.js";
 import { redisTargets, testRedisUrl } from "../support/services.js";
-import { connectLive, type FeedClient, type FeedMessage } from "../support/ws-client.js";
+import { connectLive, type FeedClient } from "../support/ws-client.js";
 
 const postgresRedisTargets = process.env.TEST_DATABASE_URL === undefined ? [] : redisTargets;
 
@@ -26,8 +26,8 @@ async function until(what: string, condition: () => boolean, ms = 15_000): Promi
 }
 
 function statuses(client: FeedClient, hostId: string): string[] {
-  return client.messages
-    .filter((m) => m.type === "host_status" && (m.data as { host_id: string }).host_id === hostId)
+  return client.hostStatuses
+    .filter((m) => (m.data as { host_id: string }).host_id === hostId)
     .map((m) => (m.data as { status: string }).status);
 }
 
@@ -103,7 +103,7 @@ describe.each(postgresRedisTargets)("host liveness on two instances [%s]", () =>
     streams.push(again);
     expect((await again.send(makeEvent(hostId))).type).toBe("ACK");
     expect(await statusCount(onB, hostId, 3)).toEqual(["ONLINE", "OFFLINE", "ONLINE"]);
-    const last = onB.messages.findLast((m: FeedMessage) => m.type === "host_status");
+    const last = onB.hostStatuses.at(-1);
     expect(last?.data).toMatchObject({ host_id: hostId, hostname: "web-01", status: "ONLINE" });
     expect(await apiStatus(b, hostId)).toBe("ONLINE");
   });

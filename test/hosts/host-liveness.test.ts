@@ -81,19 +81,19 @@ async function apiStatus(server: RunningServer, hostId: string): Promise<string 
   return (await apiHosts(server)).find((h) => h.host_id === hostId)?.status;
 }
 
-/** The host_status messages a client received for `hostId`, as statuses in order. */
-function statuses(client: FeedClient, hostId: string): string[] {
-  return client.messages
-    .filter((m) => m.type === "host_status" && (m.data as { host_id: string }).host_id === hostId)
-    .map((m) => (m.data as { status: string }).status);
+/** The host_status messages a client received for `hostId`. */
+function statusMessages(client: FeedClient, hostId: string): FeedMessage[] {
+  return client.hostStatuses.filter((m) => (m.data as { host_id: string }).host_id === hostId);
 }
 
-/** Resolves with the next host_status message for `hostId` at index ≥ `from`. */
-function nextStatus(client: FeedClient, hostId: string, from: number): Promise<FeedMessage> {
-  return client.next(
-    (m) => m.type === "host_status" && (m.data as { host_id: string }).host_id === hostId,
-    from,
-  );
+/** The statuses a client received for `hostId`, in order. */
+function statuses(client: FeedClient, hostId: string): string[] {
+  return statusMessages(client, hostId).map((m) => (m.data as { status: string }).status);
+}
+
+/** Resolves with the `n`th (from 1) host_status message for `hostId`. */
+function nthStatus(client: FeedClient, hostId: string, n: number): Promise<FeedMessage> {
+  return client.until(() => statusMessages(client, hostId)[n - 1], `host_status #${n}`);
 }
 
 describe.each(backends)("host liveness [%s]", (kind) => {
@@ -140,10 +140,12 @@ describe.each(backends)("host liveness [%s]", (kind) => {
     const streamWeb = openStream(client);
     const streamDb = openStream(client);
     streams.push(streamWeb, streamDb);
-    for (let i = 0; i < 150; i++) {
-      expect((await streamWeb.send(makeEvent(web))).type).toBe("ACK");
-      expect((await streamDb.send(makeEvent(db))).type).toBe("ACK");
-    }
+    const events = (hostId: string) => Array.from({ length: 150 }, () => makeEvent(hostId));
+    const replies = await Promise.all([
+      streamWeb.sendAll(events(web)),
+      streamDb.sendAll(events(db)),
+    ]);
+    expect(replies.flat().filter((r) => r.type === "ACK")).toHaveLength(300);
     const lastEventAt = Date.now();
     // 300 events, no write yet: events only touch memory.
     expect(writes()).toBe(0);
@@ -178,7 +180,7 @@ describe.each(backends)("host liveness [%s]", (kind) => {
     const client = srv.grpcClient();
 
     const hostId = await register(client, "web-01");
-    const online = await nextStatus(v1, hostId, 0);
+    const online = await nthStatus(v1, hostId, 1);
     expect(online.data).toEqual({
       host_id: hostId,
       hostname: "web-01",
@@ -191,20 +193,21 @@ describe.each(backends)("host liveness [%s]", (kind) => {
     streams.push(first);
     expect((await first.send(makeEvent(hostId))).type).toBe("ACK");
     await first.end();
-    const offline = await nextStatus(v1, hostId, v1.messages.indexOf(online) + 1);
+    const offline = await nthStatus(v1, hostId, 2);
     expect((offline.data as { status: string }).status).toBe("OFFLINE");
     expect(await apiStatus(srv, hostId)).toBe("OFFLINE");
 
     const second = openStream(client);
     streams.push(second);
     expect((await second.send(makeEvent(hostId))).type).toBe("ACK");
-    await nextStatus(v1, hostId, v1.messages.indexOf(offline) + 1);
+    await nthStatus(v1, hostId, 3);
     expect(statuses(v1, hostId)).toEqual(["ONLINE", "OFFLINE", "ONLINE"]);
     expect(await apiStatus(srv, hostId)).toBe("ONLINE");
 
     // Version 0 is the wire contract: alert frames and nothing else.
     await v0.until(() => (v0.alerts().length >= 2 ? true : undefined), "two alerts");
     expect(v0.messages.map((m) => m.type)).toEqual(["alert", "alert"]);
+    expect(v0.hostStatuses).toEqual([]);
 
     const changes = log.lines
       .filter((l) => l.msg === "host online" || l.msg === "host offline")
@@ -230,8 +233,8 @@ describe.each(backends)("host liveness [%s]", (kind) => {
 
     // Registered, then nothing: OFFLINE once the sweep finds it silent.
     const silentHost = await register(client, "silent");
-    const online = await nextStatus(v1, silentHost, 0);
-    const offline = await nextStatus(v1, silentHost, v1.messages.indexOf(online) + 1);
+    await nthStatus(v1, silentHost, 1);
+    const offline = await nthStatus(v1, silentHost, 2);
     expect((offline.data as { status: string }).status).toBe("OFFLINE");
     expect(await apiStatus(srv, silentHost)).toBe("OFFLINE");
     // It was silent for at least the offline time (by the time it last sent).
@@ -242,7 +245,7 @@ describe.each(backends)("host liveness [%s]", (kind) => {
     const resumed = openStream(client);
     streams.push(resumed);
     expect((await resumed.send(makeEvent(silentHost))).type).toBe("ACK");
-    await nextStatus(v1, silentHost, v1.messages.indexOf(offline) + 1);
+    await nthStatus(v1, silentHost, 3);
     expect(statuses(v1, silentHost)).toEqual(["ONLINE", "OFFLINE", "ONLINE"]);
 
     // The quiet host sent once, long enough ago to be silent, but its stream is open.

@@ -10,6 +10,8 @@ import { decodeReply, type Reply } from "./agent.js";
 export interface OpenStream {
   /** Sends one event and resolves with its reply. */
   send(event: AgentEvent): Promise<Reply>;
+  /** Sends every event without waiting (pipelined) and resolves with their replies. */
+  sendAll(events: readonly AgentEvent[]): Promise<Reply[]>;
   /** Half-closes the stream and resolves once the server has ended it. */
   end(): Promise<void>;
 }
@@ -45,6 +47,17 @@ export function openStream(client: Client<typeof AlertService>): OpenStream {
       const next = await replies.next();
       if (next.done === true) throw new Error("the stream ended before the reply");
       return decodeReply(next.value);
+    },
+    async sendAll(events) {
+      queue.push(...events);
+      poke();
+      const out: Reply[] = [];
+      while (out.length < events.length) {
+        const next = await replies.next();
+        if (next.done === true) throw new Error("the stream ended before every reply");
+        out.push(decodeReply(next.value));
+      }
+      return out;
     },
     async end() {
       ended = true;
