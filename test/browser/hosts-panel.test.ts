@@ -136,12 +136,18 @@ describe.each(browserTargets)("the hosts panel in headless Chromium [%s]", () =>
         hostOfflineAfterMs: 300,
         wsTokens: ["s3cret"],
       });
+      // Registered before the page opens: only GET /api/hosts (with the token) shows it.
+      await register(server.grpcClient(), "early-01");
       const page = await openPage(context, server, "?token=s3cret");
+      await page
+        .locator('#hosts li.host[data-hostname="early-01"]')
+        .waitFor({ state: "attached", timeout: waitMs });
       await register(server.grpcClient(), "silent-01");
       await hostShows(page, "silent-01", "OFFLINE");
       expect(await shownStatuses(page, "silent-01")).toEqual(["ONLINE", "OFFLINE"]);
-      expect(await page.textContent("#hosts li.host .status")).toBe("OFFLINE");
-      expect(await page.textContent("#hosts li.host time")).toMatch(/^last seen /);
+      const silent = page.locator('#hosts li.host[data-hostname="silent-01"]');
+      expect(await silent.locator(".status").textContent()).toBe("OFFLINE");
+      expect(await silent.locator("time").textContent()).toMatch(/^last seen /);
     });
   });
 });
