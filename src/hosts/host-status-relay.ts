@@ -66,10 +66,16 @@ export class HostStatusRelay {
     this.#sub.on("message", (_channel: string, message: string) => this.#receive(message));
   }
 
-  /** Connects and subscribes; rejects if Redis is unreachable (ioredis keeps retrying). */
+  /**
+   * Connects and subscribes; rejects if Redis is unreachable. ioredis keeps retrying, and
+   * the subscription, queued before the first attempt, is made once it connects.
+   */
   async start(): Promise<void> {
-    await Promise.all([this.#pub.connect(), this.#sub.connect()]);
-    await this.#sub.subscribe(this.#options.channel);
+    // The first command connects the lazy client; while it cannot, it waits in the queue.
+    const subscribed = this.#sub.subscribe(this.#options.channel);
+    subscribed.catch(() => {});
+    await this.#pub.connect();
+    await subscribed;
   }
 
   /** Sends a change to the other instances. Never throws or waits. */
