@@ -18,6 +18,7 @@ import { jsonTextDecoder } from "./http/json-text-decoder.js";
 import { createOnePortServer } from "./http/one-port.js";
 import { createTlsServer, readTlsMaterial } from "./http/tls.js";
 import { createViewerAccessCheck } from "./http/viewer-access.js";
+import { agentConnection, connectionOf } from "./ingest/agent-connection.js";
 import { peerContextValues } from "./ingest/agent-identity.js";
 import { createAlertService } from "./ingest/alert-service.js";
 import { HostDirectory } from "./ingest/host-directory.js";
@@ -181,7 +182,11 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
     // alive for the whole timeout even when every stream has ended.
     shutdownSignal: rpcDeadline.signal,
     // The caller's certificate status, from the TLS socket; the service decides per call.
-    contextValues: (req) => peerContextValues(req.raw.socket as Partial<TLSSocket> | null),
+    contextValues: (req) => {
+      const values = peerContextValues(req.raw.socket as Partial<TLSSocket> | null);
+      // Lets a stream be tied to the host that registered on its connection (host liveness).
+      return values.set(agentConnection, connectionOf(req.raw));
+    },
   });
 
   await app.register(websocket, {

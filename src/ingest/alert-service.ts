@@ -15,6 +15,7 @@ import type { Logger } from "../logger.js";
 import type { AlertStore } from "../storage/alert-store.js";
 import { nowMicros } from "../storage/alert-types.js";
 import type { BatchWriter, WriteError } from "../storage/batch-writer.js";
+import { agentConnection, ConnectionHosts } from "./agent-connection.js";
 import { authenticateAgent, type ClientAuthMode } from "./agent-identity.js";
 import type { HostDirectory } from "./host-directory.js";
 import { HostRateLimiter } from "./rate-limiter.js";
@@ -71,6 +72,7 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
   const clientAuth = deps.clientAuth ?? "off";
   const rateLimiter = deps.rateLimiter ?? new HostRateLimiter({ ratePerSecond: 0, burst: 0 });
   const liveness = deps.liveness ?? noActivity;
+  const connectionHosts = new ConnectionHosts();
   // Open streams per host_id they have sent for.
   const hostStreams = new Map<string, number>();
 
@@ -88,6 +90,7 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
       });
       hosts.remember(hostId, hostname);
       liveness.registered(hostId, hostname);
+      connectionHosts.registered(ctx.values.get(agentConnection), { hostId, hostname });
       log.info(
         {
           hostname,
@@ -112,6 +115,7 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
         hostStreams,
         maxStreamsPerHost: deps.maxStreamsPerHost ?? 0,
         liveness,
+        connectionHosts,
       });
     },
   };
@@ -155,6 +159,7 @@ async function* streamReplies(
     readonly hostStreams: Map<string, number>;
     readonly maxStreamsPerHost: number;
     readonly liveness: HostActivity;
+    readonly connectionHosts: ConnectionHosts;
   },
 ): AsyncGenerator<ServerCommand> {
   const { writer, hosts, limits, shutdown } = deps;
@@ -167,6 +172,14 @@ async function* streamReplies(
   let stoppedByShutdown = false;
   // The hosts this stream counts against in hostStreams, released when it ends.
   const claimed = new Set<string>();
+  // The hosts this stream keeps ONLINE (HostActivity), told when it ends. Until its first
+  // event names the host, it is taken to be the host registered on the same connection.
+  const live = new Set<string>();
+  let assumed = deps.connectionHosts.hostOf(ctx.values.get(agentConnection));
+  if (assumed !== undefined) {
+    live.add(assumed.hostId);
+    deps.liveness.streamOpened(assumed.hostId, assumed.hostname);
+  }
   let wakeWriter: (() => void) | undefined;
   let wakeReader: (() => void) | undefined;
 
@@ -228,7 +241,17 @@ async function* streamReplies(
         }
         deps.hostStreams.set(event.hostId, open + 1);
         claimed.add(event.hostId);
-        deps.liveness.streamOpened(event.hostId, hostname);
+        if (live.has(event.hostId)) deps.liveness.seen(event.hostId);
+        else {
+          live.add(event.hostId);
+          deps.liveness.streamOpened(event.hostId, hostname);
+        }
+        if (assumed !== undefined && assumed.hostId !== event.hostId) {
+          // The stream is another host's after all.
+          live.delete(assumed.hostId);
+          deps.liveness.streamClosed(assumed.hostId);
+        }
+        assumed = undefined;
       } else {
         deps.liveness.seen(event.hostId);
       }
@@ -294,8 +317,8 @@ async function* streamReplies(
       const left = (deps.hostStreams.get(hostId) ?? 1) - 1;
       if (left <= 0) deps.hostStreams.delete(hostId);
       else deps.hostStreams.set(hostId, left);
-      deps.liveness.streamClosed(hostId);
     }
+    for (const hostId of live) deps.liveness.streamClosed(hostId);
     ctx.signal.removeEventListener("abort", onAbort);
     shutdown.removeEventListener("abort", onAbort);
   }

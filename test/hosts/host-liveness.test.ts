@@ -96,6 +96,15 @@ function nthStatus(client: FeedClient, hostId: string, n: number): Promise<FeedM
   return client.until(() => statusMessages(client, hostId)[n - 1], `host_status #${n}`);
 }
 
+/** Resolves once `condition()` holds; for states that no message announces. */
+async function until(condition: () => boolean): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error("gave up waiting");
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
 describe.each(backends)("host liveness [%s]", (kind) => {
   let database: TestDatabase | undefined;
   let server: RunningServer | undefined;
@@ -251,6 +260,29 @@ describe.each(backends)("host liveness [%s]", (kind) => {
     // The quiet host sent once, long enough ago to be silent, but its stream is open.
     expect(statuses(v1, quietHost)).toEqual(["ONLINE"]);
     expect(await apiStatus(srv, quietHost)).toBe("ONLINE");
+  });
+
+  it("a stream that has sent nothing yet keeps the host registered on its connection ONLINE past the offline time, and closing it turns the host OFFLINE", async () => {
+    const offlineAfter = 300;
+    const srv = await start({ hostSeenFlushMs: 50, hostOfflineAfterMs: offlineAfter });
+    const v1 = (await connectLive(srv.wsUrl)).client;
+    clients.push(v1);
+    // One client: RegisterAgent and StreamAlerts share its HTTP/2 connection, as an agent's do.
+    const agent = srv.grpcClient();
+    const hostId = await register(agent, "quiet-01");
+    const stream = openStream(agent);
+    streams.push(stream);
+    const quietSince = Date.now();
+    await nthStatus(v1, hostId, 1);
+
+    await until(() => Date.now() - quietSince > 3 * offlineAfter);
+    const sweeps = srv.liveness.sweeps;
+    await until(() => srv.liveness.sweeps >= sweeps + 2);
+    expect(statuses(v1, hostId)).toEqual(["ONLINE"]);
+    expect(await apiStatus(srv, hostId)).toBe("ONLINE");
+
+    await stream.end();
+    expect((await nthStatus(v1, hostId, 2)).data).toMatchObject({ status: "OFFLINE" });
   });
 
   it("GET /api/hosts lists every host with its registration, last_seen and status", async () => {
