@@ -4,6 +4,8 @@
 // recovered. Older pages come from the API with `before`. Rendering uses textContent
 // only: every string in an alert comes from an agent.
 
+import { createHostsPanel } from "./hosts.js";
+
 const MAX_ROWS = 500; // alert rows kept in the DOM
 const HISTORY = 200; // alerts loaded first (and after a reload)
 const OLDER_PAGE = 100; // alerts per "Older alerts" click
@@ -26,6 +28,13 @@ const ui = {
   olderStatus: document.getElementById("older-status"),
   latest: document.getElementById("latest"),
 };
+
+const hostsPanel = createHostsPanel({
+  list: document.getElementById("hosts"),
+  summary: document.getElementById("hosts-summary"),
+  empty: document.getElementById("hosts-empty"),
+  token,
+});
 
 let lastSeq = null; // highest seq received: the resume cursor (null: load from the API)
 let nextBefore = null; // cursor of the next older page (null: no older alerts)
@@ -152,6 +161,11 @@ async function connect() {
     switch (msg.type) {
       case "hello":
         if (typeof msg.heartbeat_ms === "number") heartbeatMs = msg.heartbeat_ms;
+        // Statuses may have changed while disconnected; host_status messages follow.
+        void hostsPanel.load();
+        break;
+      case "host_status":
+        hostsPanel.apply(msg.data);
         break;
       case "alerts":
         if (replaying) replayed += msg.items.length;

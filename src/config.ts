@@ -263,6 +263,20 @@ export const settings = {
     3_600_000,
     "Interval of HTTP/2 pings to agents; a connection that does not answer one in time is closed and its streams freed. 0: off.",
   ),
+  hostSeenFlushMs: integer(
+    "TRIPWIRE_HOST_SEEN_FLUSH_MS",
+    5_000,
+    10,
+    600_000,
+    "How often hosts' `last_seen` is written (one statement for every host seen since the last write) and silent hosts are looked for.",
+  ),
+  hostOfflineAfterMs: integer(
+    "TRIPWIRE_HOST_OFFLINE_AFTER_MS",
+    90_000,
+    20,
+    86_400_000,
+    "A host with no open StreamAlerts stream that has not been seen for this long is OFFLINE. At least twice `TRIPWIRE_HOST_SEEN_FLUSH_MS`.",
+  ),
   maxEventDetailBytes: integer(
     "TRIPWIRE_MAX_EVENT_DETAIL_BYTES",
     65_536,
@@ -467,6 +481,13 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   if (config.apiDefaultLimit > config.apiMaxLimit) {
     throw new ConfigError(
       `TRIPWIRE_API_DEFAULT_LIMIT (${config.apiDefaultLimit}) is above TRIPWIRE_API_MAX_LIMIT (${config.apiMaxLimit}): expected at most the maximum`,
+    );
+  }
+  if (config.hostOfflineAfterMs < 2 * config.hostSeenFlushMs) {
+    // Instances refresh last_seen of connected hosts between flushes; a shorter time
+    // would let another instance take a quiet, connected host for a silent one.
+    throw new ConfigError(
+      `TRIPWIRE_HOST_OFFLINE_AFTER_MS=${config.hostOfflineAfterMs} is not valid: expected at least twice TRIPWIRE_HOST_SEEN_FLUSH_MS (${config.hostSeenFlushMs})`,
     );
   }
   if (!logLevels.has(config.logLevel)) {

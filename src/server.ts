@@ -8,13 +8,18 @@ import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import websocket from "@fastify/websocket";
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from "fastify";
 import { registerAlertsRoute } from "./api/alerts-route.js";
+import { registerHostsRoute } from "./api/hosts-route.js";
 import { type LiveFeed, startLiveFeed } from "./broadcast/live-feed.js";
 import type { Config } from "./config.js";
 import { AlertService } from "./gen/alert/alert_pb.js";
+import type { HostLiveness } from "./hosts/host-liveness.js";
+import { startHostLiveness } from "./hosts/start-host-liveness.js";
 import { jsonTextDecoder } from "./http/json-text-decoder.js";
 import { registerMetricsRoute } from "./http/metrics-route.js";
 import { createOnePortServer } from "./http/one-port.js";
 import { createTlsServer, readTlsMaterial } from "./http/tls.js";
+import { createViewerAccessCheck } from "./http/viewer-access.js";
+import { agentConnection, connectionOf } from "./ingest/agent-connection.js";
 import { peerContextValues } from "./ingest/agent-identity.js";
 import { createAlertService } from "./ingest/alert-service.js";
 import { HostDirectory } from "./ingest/host-directory.js";
@@ -52,6 +57,8 @@ export interface Server {
   readonly wsStats: WsStats;
   /** The retention job; undefined when TRIPWIRE_RETENTION_DAYS is 0 (keep everything). */
   readonly retention: RetentionJob | undefined;
+  /** Which hosts are ONLINE; writes hosts.last_seen. */
+  readonly liveness: HostLiveness;
 }
 
 /**
@@ -112,6 +119,11 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
     log: log.child({ component: "batch-writer" }),
   });
   const hosts = new HostDirectory(store);
+  const hostLiveness = await startHostLiveness({
+    database,
+    config,
+    log: log.child({ component: "hosts" }),
+  });
   const shutdown = new AbortController();
   // Aborts whatever RPC is still open once the shutdown timeout has passed.
   const rpcDeadline = new AbortController();
@@ -119,6 +131,7 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
     // Agent streams stop reading and answer what they read; commit it now rather than
     // at the next interval, so they can end with UNAVAILABLE promptly.
     shutdown.abort();
+    hostLiveness.liveness.stopping();
     void writer.flush();
     setTimeout(
       () =>
@@ -149,6 +162,7 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
           limits: config,
           shutdown: shutdown.signal,
           clientAuth: tls?.clientCa === undefined ? "off" : config.tlsClientAuth,
+          liveness: hostLiveness.liveness,
           maxStreamsPerHost: config.maxStreamsPerHost,
           replyStallTimeoutMs: config.replyStallTimeoutMs,
           stats: metrics.ingest,
@@ -172,10 +186,10 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
     // The caller's certificate status, from the TLS socket (the service decides per call),
     // and how to cancel the call's transport when its replies stall.
     contextValues: (req) =>
-      peerContextValues(req.raw.socket as Partial<TLSSocket> | null).set(
-        cancelTransport,
-        transportCanceller(req.raw),
-      ),
+      peerContextValues(req.raw.socket as Partial<TLSSocket> | null)
+        .set(cancelTransport, transportCanceller(req.raw))
+        // Lets a stream be tied to the host that registered on its connection (liveness).
+        .set(agentConnection, connectionOf(req.raw)),
   });
 
   await app.register(websocket, {
@@ -206,6 +220,15 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
       maxConnections: config.wsMaxConnections,
       maxConnectionsPerToken: config.wsMaxConnectionsPerToken,
     },
+    hostStatus: hostLiveness.liveness,
+  });
+  registerHostsRoute(app, {
+    store: hostLiveness.store,
+    liveness: hostLiveness.liveness,
+    checkAccess: createViewerAccessCheck({
+      tokens: config.wsTokens,
+      allowedOrigins: config.wsAllowedOrigins,
+    }),
   });
 
   registerDashboardRoutes(app);
@@ -240,10 +263,11 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
     await retention?.close();
     // Every event a stream has read is committed (and answered) before the database goes.
     await writer.close();
+    await hostLiveness.close();
     broadcaster.close();
   });
 
-  return { app, broadcaster, writer, wsStats, retention };
+  return { app, broadcaster, writer, wsStats, retention, liveness: hostLiveness.liveness };
 }
 
 /** connect-es's default, plus the decoder that keeps JSON error messages encodable. */

@@ -10,10 +10,12 @@ import {
   type ServerCommand,
   ServerCommandSchema,
 } from "../gen/alert/alert_pb.js";
+import type { HostActivity } from "../hosts/host-liveness.js";
 import type { Logger } from "../logger.js";
 import type { AlertStore } from "../storage/alert-store.js";
 import { nowMicros } from "../storage/alert-types.js";
 import type { BatchWriter, WriteError, WriteOutcome } from "../storage/batch-writer.js";
+import { agentConnection, ConnectionHosts } from "./agent-connection.js";
 import { authenticateAgent, type ClientAuthMode } from "./agent-identity.js";
 import type { HostDirectory } from "./host-directory.js";
 import { createIngestStats, type IngestStats, type RejectReason } from "./ingest-stats.js";
@@ -46,6 +48,8 @@ export interface AlertServiceDeps {
   readonly clientAuth?: ClientAuthMode;
   /** Where events are counted (for /metrics); uncounted when omitted. */
   readonly stats?: IngestStats;
+  /** Told of registrations, streams and events, for host liveness; none when omitted. */
+  readonly liveness?: HostActivity;
 }
 
 /** The reject reason of each way a write can fail. */
@@ -81,6 +85,8 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
   const clientAuth = deps.clientAuth ?? "off";
   const rateLimiter = deps.rateLimiter ?? new HostRateLimiter({ ratePerSecond: 0, burst: 0 });
   const stats = deps.stats ?? createIngestStats();
+  const liveness = deps.liveness ?? noActivity;
+  const connectionHosts = new ConnectionHosts();
   // Open streams per host_id they have sent for.
   const hostStreams = new Map<string, number>();
   const stallWatch = new ReplyStallWatch(deps.replyStallTimeoutMs ?? 60_000, () =>
@@ -100,6 +106,8 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
         agentVersion: req.agentVersion,
       });
       hosts.remember(hostId, hostname);
+      liveness.registered(hostId, hostname);
+      connectionHosts.registered(ctx.values.get(agentConnection), { hostId, hostname });
       log.info(
         {
           hostname,
@@ -125,10 +133,19 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
         maxStreamsPerHost: deps.maxStreamsPerHost ?? 0,
         stallWatch,
         stats,
+        liveness,
+        connectionHosts,
       });
     },
   };
 }
+
+const noActivity: HostActivity = {
+  registered() {},
+  streamOpened() {},
+  seen() {},
+  streamClosed() {},
+};
 
 function checkField(name: string, value: string, max: number, required: boolean): void {
   if (required && value.trim() === "") {
@@ -162,6 +179,8 @@ async function* streamReplies(
     readonly maxStreamsPerHost: number;
     readonly stallWatch: ReplyStallWatch;
     readonly stats: IngestStats;
+    readonly liveness: HostActivity;
+    readonly connectionHosts: ConnectionHosts;
   },
 ): AsyncGenerator<ServerCommand> {
   const { writer, hosts, limits, shutdown, stats } = deps;
@@ -177,6 +196,14 @@ async function* streamReplies(
   let stoppedByShutdown = false;
   // The hosts this stream counts against in hostStreams, released when it ends.
   const claimed = new Set<string>();
+  // The hosts this stream keeps ONLINE (HostActivity), told when it ends. Until its first
+  // event names the host, it is taken to be the host registered on the same connection.
+  const live = new Set<string>();
+  let assumed = deps.connectionHosts.hostOf(ctx.values.get(agentConnection));
+  if (assumed !== undefined) {
+    live.add(assumed.hostId);
+    deps.liveness.streamOpened(assumed.hostId, assumed.hostname);
+  }
   let wakeWriter: (() => void) | undefined;
   let wakeReader: (() => void) | undefined;
 
@@ -206,6 +233,7 @@ async function* streamReplies(
       if (left <= 0) deps.hostStreams.delete(hostId);
       else deps.hostStreams.set(hostId, left);
     }
+    for (const hostId of live) deps.liveness.streamClosed(hostId);
     ctx.signal.removeEventListener("abort", onAbort);
     shutdown.removeEventListener("abort", onAbort);
   };
@@ -281,6 +309,19 @@ async function* streamReplies(
         }
         deps.hostStreams.set(event.hostId, open + 1);
         claimed.add(event.hostId);
+        if (live.has(event.hostId)) deps.liveness.seen(event.hostId);
+        else {
+          live.add(event.hostId);
+          deps.liveness.streamOpened(event.hostId, hostname);
+        }
+        if (assumed !== undefined && assumed.hostId !== event.hostId) {
+          // The stream is another host's after all.
+          live.delete(assumed.hostId);
+          deps.liveness.streamClosed(assumed.hostId);
+        }
+        assumed = undefined;
+      } else {
+        deps.liveness.seen(event.hostId);
       }
       if (!deps.rateLimiter.take(event.hostId)) {
         reject(

@@ -10,6 +10,7 @@ const publicDir = new URL("../../public/", import.meta.url);
 const files: ReadonlyArray<{ route: string; file: string; type: string }> = [
   { route: "/", file: "index.html", type: "text/html; charset=utf-8" },
   { route: "/app.js", file: "app.js", type: "text/javascript; charset=utf-8" },
+  { route: "/hosts.js", file: "hosts.js", type: "text/javascript; charset=utf-8" },
   { route: "/app.css", file: "app.css", type: "text/css; charset=utf-8" },
 ];
 

@@ -42,6 +42,14 @@ export interface WsRouteDeps {
   readonly store: FeedStore;
   readonly log: Logger;
   readonly settings: WsSettings;
+  /** Host status changes, sent to version-1 clients as `host_status`; none when omitted. */
+  readonly hostStatus?: HostStatusSource;
+}
+
+/** Where host status changes come from (src/hosts/host-liveness.ts). */
+export interface HostStatusSource {
+  /** Calls `listener` with each change's encoded `host_status` frame; returns its removal. */
+  onChange(listener: (change: { readonly frame: Buffer }) => void): () => void;
 }
 
 /** Counters of the feed route, for metrics and tests. */
@@ -323,6 +331,11 @@ async function serve(
         filters: describeFilter(filter),
       }),
     );
+    // Not filtered: filters select alerts, and a page's host list covers every host.
+    const off = deps.hostStatus?.onChange((change) => {
+      if (socket.readyState === socket.OPEN) send(conn, change.frame);
+    });
+    if (off !== undefined) socket.once("close", off);
   }
 
   // Replay: since → every stored alert after it; history → the latest N.

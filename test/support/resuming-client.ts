@@ -14,6 +14,9 @@ export interface Received {
   readonly alert_id: string;
 }
 
+/** Messages that need no action from a client of the alert feed. */
+const routine = new Set(["hello", "heartbeat", "host_status"]);
+
 /**
  * A version-1 /ws client that keeps every alert it received over all its connections and
  * resumes with `since` = the highest seq it has.
@@ -46,7 +49,8 @@ export class ResumingClient {
         const message = JSON.parse(text) as { type: string; items?: Received[] };
         if (message.type === "alerts") this.#take(message.items ?? []);
         else if (message.type === "live") resolve();
-        else if (message.type !== "hello" && message.type !== "heartbeat") this.notices.push(text);
+        // Host liveness is not the alert feed's business: set aside like hello and heartbeat.
+        else if (!routine.has(message.type)) this.notices.push(text);
       });
     });
     await once(socket, "open");

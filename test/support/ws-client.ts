@@ -80,10 +80,16 @@ export function alertsOf(message: FeedMessage): FeedAlert[] {
   return [];
 }
 
-/** An open connection to /ws that records what it receives. */
+/**
+ * An open connection to /ws that records what it receives. `host_status` messages, which
+ * come whenever a host's liveness changes, are kept apart from the alert feed's messages,
+ * as a feed client that does not show hosts would ignore them (docs/websocket.md).
+ */
 export class FeedClient {
-  /** Every message received, in order. */
+  /** Every message received except `host_status`, in order. */
   readonly messages: FeedMessage[] = [];
+  /** Every `host_status` message received, in order. */
+  readonly hostStatuses: FeedMessage[] = [];
   /** Whether each message arrived as a binary frame (the server must never send one). */
   readonly binary: boolean[] = [];
   /** Pings received. */
@@ -106,7 +112,8 @@ export class FeedClient {
       } catch {
         parsed = { type: "unparsable", text };
       }
-      this.messages.push(parsed);
+      if (parsed.type === "host_status") this.hostStatuses.push(parsed);
+      else this.messages.push(parsed);
       this.binary.push(isBinary);
       this.#notify();
     });
