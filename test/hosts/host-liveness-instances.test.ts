@@ -108,6 +108,29 @@ describe.each(postgresRedisTargets)("host liveness on two instances [%s]", () =>
     expect(await apiStatus(b, hostId)).toBe("ONLINE");
   });
 
+  it("when a host's stream on one instance closes while it still streams to the other, that other instance says it is ONLINE again", async () => {
+    const shared = settings({ hostSeenFlushMs: 600_000, hostOfflineAfterMs: 1_200_000 });
+    const a = await startServer(database, shared);
+    const b = await startServer(other, shared);
+    servers.push(a, b);
+    const onA = await watch(a);
+    const onB = await watch(b);
+
+    const hostId = await register(a.grpcClient(), "two-streams-01");
+    await statusCount(onB, hostId, 1);
+    const toA = openStream(a.grpcClient());
+    const toB = openStream(b.grpcClient());
+    streams.push(toA, toB);
+    expect((await toA.send(makeEvent(hostId))).type).toBe("ACK");
+    expect((await toB.send(makeEvent(hostId))).type).toBe("ACK");
+
+    await toB.end();
+    expect(await statusCount(onB, hostId, 3)).toEqual(["ONLINE", "OFFLINE", "ONLINE"]);
+    expect(await apiStatus(b, hostId)).toBe("ONLINE");
+    // A held a stream throughout: its clients never saw the host go.
+    expect(statuses(onA, hostId)).toEqual(["ONLINE"]);
+  });
+
   it("the other instance does not take a quiet host whose stream the first holds for silent, and turns it OFFLINE once the first stops", async () => {
     const offlineAfter = 300;
     const shared = settings({
