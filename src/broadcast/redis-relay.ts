@@ -91,6 +91,9 @@ export class RedisRelay {
       });
     }
     this.#sub.on("ready", () => {
+      // ioredis resubscribes after a reconnect only to channels it had subscribed; when
+      // Redis was down at start there were none yet, so subscribe on every connect.
+      this.#sub.subscribe(options.channel).catch(() => {});
       const wasConnected = this.#connected;
       this.#connected = true;
       if (!wasConnected) options.log.info({ channel: options.channel }, "redis relay connected");

@@ -188,6 +188,49 @@ describe.each(redisTargets)("RedisRelay [%s]", () => {
     expect(sender.unsent + receiver.unsent).toBe(0);
   });
 
+  it("a relay started while Redis is down subscribes by itself once Redis comes up, and receives the other instance's batches", async () => {
+    const own = await startPrivateRedis();
+    try {
+      await own.stop();
+      const channel = `tripwire:test:${randomUUID()}`;
+      const inbox = new Inbox();
+      const late = new RedisRelay({
+        url: own.url,
+        channel,
+        onBatch: inbox.onBatch,
+        onReconnect: inbox.onReconnect,
+        log: new RecordingLogger(),
+      });
+      relays.push(late);
+      await expect(late.start()).rejects.toThrow();
+
+      await own.restart();
+      const sender = new RedisRelay({
+        url: own.url,
+        channel,
+        onBatch: () => {},
+        onReconnect: () => {},
+        log: new RecordingLogger(),
+      });
+      relays.push(sender);
+      await sender.start();
+      // Pub/sub keeps nothing for a subscriber that is not there yet: send until it is.
+      const arrived = inbox.next();
+      const deadline = Date.now() + 20_000;
+      let seq = 0;
+      while (inbox.batches.length === 0) {
+        if (Date.now() > deadline) throw new Error("the late relay never subscribed");
+        sender.publish(LiveBatch.of([storedAlert(++seq)]));
+        await Promise.race([arrived, new Promise((resolve) => setTimeout(resolve, 50))]);
+      }
+      expect((await arrived).fromSeq).toBeGreaterThanOrEqual(1);
+      expect(late.connected).toBe(true);
+    } finally {
+      await Promise.all(relays.splice(0).map((r) => r.close()));
+      await own.stop("SIGTERM");
+    }
+  });
+
   it("ignores messages on the channel that are not relay batches and keeps delivering the ones that are", async () => {
     const channel = `tripwire:test:${randomUUID()}`;
     const inbox = new Inbox();
