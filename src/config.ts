@@ -214,6 +214,13 @@ export const settings = {
     1_000_000,
     "Un-ACKed events per agent stream; at the bound the server stops reading that stream until replies go out.",
   ),
+  grpcFastPath: oneOf(
+    "TRIPWIRE_GRPC_FAST_PATH",
+    ["on", "off"],
+    "on",
+    "on",
+    '`on`: StreamAlerts over plain gRPC (HTTP/2, binary, uncompressed, no `grpc-timeout`: what agents send) is served by a dedicated handler instead of connect-es\'s per-message pipeline, with the same bytes on the wire (docs/performance.md, "Ingest hot path"). `off`: Connect serves it like every other protocol.',
+  ),
   maxPendingEvents: integer(
     "TRIPWIRE_MAX_PENDING_EVENTS",
     100_000,

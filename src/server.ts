@@ -15,9 +15,10 @@ import { jsonTextDecoder } from "./http/json-text-decoder.js";
 import { createOnePortServer } from "./http/one-port.js";
 import { createTlsServer, readTlsMaterial } from "./http/tls.js";
 import { peerContextValues } from "./ingest/agent-identity.js";
-import { createAlertService } from "./ingest/alert-service.js";
+import { alertStreamDeps, createAlertService } from "./ingest/alert-service.js";
 import { HostDirectory } from "./ingest/host-directory.js";
 import { HostRateLimiter } from "./ingest/rate-limiter.js";
+import { useStreamAlertsGrpc } from "./ingest/stream-alerts-grpc.js";
 import { registerDashboardRoutes } from "./live/dashboard-route.js";
 import { subprotocolV1 } from "./live/feed-params.js";
 import { closeGoingAway, registerWsRoute, type WsStats } from "./live/ws-route.js";
@@ -139,23 +140,31 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
 
   await app.register(fastifyConnectPlugin, {
     routes(router) {
-      router.service(
-        AlertService,
-        createAlertService({
-          store,
-          writer,
-          hosts,
-          log: log.child({ component: "alert-service" }),
-          limits: config,
-          shutdown: shutdown.signal,
-          clientAuth: tls?.clientCa === undefined ? "off" : config.tlsClientAuth,
-          maxStreamsPerHost: config.maxStreamsPerHost,
-          rateLimiter: new HostRateLimiter({
-            ratePerSecond: config.hostRateLimit,
-            burst: config.hostRateBurst,
-          }),
+      const serviceDeps = {
+        store,
+        writer,
+        hosts,
+        log: log.child({ component: "alert-service" }),
+        limits: config,
+        shutdown: shutdown.signal,
+        clientAuth: tls?.clientCa === undefined ? "off" : config.tlsClientAuth,
+        maxStreamsPerHost: config.maxStreamsPerHost,
+        rateLimiter: new HostRateLimiter({
+          ratePerSecond: config.hostRateLimit,
+          burst: config.hostRateBurst,
         }),
-      );
+      } as const;
+      const streams = alertStreamDeps(serviceDeps);
+      router.service(AlertService, createAlertService(serviceDeps, streams));
+      if (config.grpcFastPath === "on") {
+        useStreamAlertsGrpc(router.handlers, {
+          streams,
+          readMaxBytes: config.maxMessageBytes,
+          writeMaxBytes: config.maxMessageBytes,
+          shutdownSignal: rpcDeadline.signal,
+          log: serviceDeps.log,
+        });
+      }
     },
     readMaxBytes: config.maxMessageBytes,
     writeMaxBytes: config.maxMessageBytes,

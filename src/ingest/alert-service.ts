@@ -8,18 +8,21 @@ import {
   type AlertService,
   RegisterResponseSchema,
   type ServerCommand,
-  ServerCommandSchema,
 } from "../gen/alert/alert_pb.js";
 import type { Logger } from "../logger.js";
 import type { AlertStore } from "../storage/alert-store.js";
 import { nowMicros } from "../storage/alert-types.js";
-import type { BatchWriter, WriteError } from "../storage/batch-writer.js";
+import type { BatchWriter } from "../storage/batch-writer.js";
+import { ackCommand, errorCommand } from "./agent-event-codec.js";
 import { authenticateAgent, type ClientAuthMode } from "./agent-identity.js";
+import { AlertStream, type AlertStreamDeps } from "./alert-stream.js";
 import type { HostDirectory } from "./host-directory.js";
 import { HostRateLimiter } from "./rate-limiter.js";
-import { type ValidationLimits, validateEvent } from "./validation.js";
+import type { ValidationLimits } from "./validation.js";
 
-// Defined with the rest of the caller's identity; re-exported for existing importers.
+export { ackCommand, errorCommand } from "./agent-event-codec.js";
+// Defined with the rest of the caller's identity, and with the codec; re-exported for
+// existing importers.
 export { verifiedClientCn } from "./agent-identity.js";
 
 /** Dependencies and settings of the AlertService. */
@@ -44,31 +47,31 @@ export interface AlertServiceDeps {
 
 const maxHostFieldLength = 253;
 const maxMetaFieldLength = 256;
-const encoder = new TextEncoder();
-
-/** Builds the ACK for `alertId` (as the agent sent it, so it can match its queue). */
-export function ackCommand(alertId: string): ServerCommand {
-  return create(ServerCommandSchema, {
-    type: "ACK",
-    payload: encoder.encode(`{"alert_id":${JSON.stringify(alertId)}}`),
-  });
+/** The state every stream of one AlertService shares, whichever path serves it. */
+export function alertStreamDeps(deps: AlertServiceDeps): AlertStreamDeps {
+  return {
+    writer: deps.writer,
+    hosts: deps.hosts,
+    limits: deps.limits,
+    shutdown: deps.shutdown,
+    clientAuth: deps.clientAuth ?? "off",
+    rateLimiter: deps.rateLimiter ?? new HostRateLimiter({ ratePerSecond: 0, burst: 0 }),
+    // Open streams per host_id they have sent for.
+    hostStreams: new Map<string, number>(),
+    maxStreamsPerHost: deps.maxStreamsPerHost ?? 0,
+  };
 }
 
-/** Builds the ERROR for `alertId` with a reason the operator can act on. */
-export function errorCommand(alertId: string, error: string): ServerCommand {
-  return create(ServerCommandSchema, {
-    type: "ERROR",
-    payload: encoder.encode(JSON.stringify({ alert_id: alertId, error })),
-  });
-}
-
-/** Implements the AlertService over the shared batch writer. */
-export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof AlertService> {
-  const { store, writer, hosts, log, limits, shutdown } = deps;
-  const clientAuth = deps.clientAuth ?? "off";
-  const rateLimiter = deps.rateLimiter ?? new HostRateLimiter({ ratePerSecond: 0, burst: 0 });
-  // Open streams per host_id they have sent for.
-  const hostStreams = new Map<string, number>();
+/**
+ * Implements the AlertService over the shared batch writer. Pass `streams` to share the
+ * streams' state (per-host stream counts) with the gRPC fast path.
+ */
+export function createAlertService(
+  deps: AlertServiceDeps,
+  streams: AlertStreamDeps = alertStreamDeps(deps),
+): ServiceImpl<typeof AlertService> {
+  const { store, hosts, log } = deps;
+  const clientAuth = streams.clientAuth;
 
   return {
     async registerAgent(req, ctx) {
@@ -97,16 +100,7 @@ export function createAlertService(deps: AlertServiceDeps): ServiceImpl<typeof A
     },
 
     streamAlerts(requests, ctx) {
-      return streamReplies(requests, ctx, {
-        writer,
-        hosts,
-        limits,
-        shutdown,
-        clientAuth,
-        rateLimiter,
-        hostStreams,
-        maxStreamsPerHost: deps.maxStreamsPerHost ?? 0,
-      });
+      return streamReplies(requests, ctx, streams);
     },
   };
 }
@@ -124,161 +118,33 @@ function checkField(name: string, value: string, max: number, required: boolean)
 }
 
 /**
- * One agent stream. A reader task pulls events continuously (agents pipeline) and
- * hands valid ones to the batch writer; replies are yielded as their batches commit,
- * in whatever order that happens. The reader stops pulling while the stream has
- * `maxInFlightPerStream` events without a reply written, so HTTP/2 flow control
- * slows the agent instead of memory growing.
- *
- * A caller with a verified client certificate may only send events of its own host: the
- * one host_id registered under the certificate's CN.
+ * One agent stream over Connect (any of its protocols). A reader task pulls events
+ * continuously (agents pipeline) into the AlertStream; replies are yielded as their
+ * batches commit, in whatever order that happens. The reader stops pulling while the
+ * stream has `maxInFlightPerStream` events without a reply written, so HTTP/2 flow
+ * control slows the agent instead of memory growing.
  */
 async function* streamReplies(
   requests: AsyncIterable<AgentEvent>,
   ctx: HandlerContext,
-  deps: Pick<AlertServiceDeps, "writer" | "hosts" | "limits" | "shutdown"> & {
-    readonly clientAuth: ClientAuthMode;
-    readonly rateLimiter: HostRateLimiter;
-    readonly hostStreams: Map<string, number>;
-    readonly maxStreamsPerHost: number;
-  },
+  deps: AlertStreamDeps,
 ): AsyncGenerator<ServerCommand> {
-  const { writer, hosts, limits, shutdown } = deps;
   // Before anything is read: an unauthenticated stream ends with Unauthenticated.
-  const agentHostname = authenticateAgent(ctx.values, deps.clientAuth);
-  const replies: ServerCommand[] = [];
-  let inFlight = 0;
-  let readerDone = false;
-  let readerError: unknown;
-  let stoppedByShutdown = false;
-  // The hosts this stream counts against in hostStreams, released when it ends.
-  const claimed = new Set<string>();
-  let wakeWriter: (() => void) | undefined;
-  let wakeReader: (() => void) | undefined;
-
-  const reply = (cmd: ServerCommand): void => {
-    replies.push(cmd);
-    const wake = wakeWriter;
-    wakeWriter = undefined;
-    wake?.();
-  };
-
-  const read = async (): Promise<void> => {
-    const it = requests[Symbol.asyncIterator]();
-    for (;;) {
-      if (inFlight >= limits.maxInFlightPerStream) {
-        await new Promise<void>((resolve) => {
-          wakeReader = resolve;
-        });
-        if (ctx.signal.aborted) return;
-        if (shutdown.aborted) {
-          stoppedByShutdown = true;
-          return;
-        }
-      }
-      const next = await it.next();
-      // An event read after shutdown began is left unanswered: the agent sends it again.
-      if (next.done) return;
-      if (shutdown.aborted) {
-        stoppedByShutdown = true;
-        return;
-      }
-      const ev = next.value;
-      inFlight++;
-      const verdict = validateEvent(ev, nowMicros(), limits);
-      if (!verdict.ok) {
-        reply(errorCommand(ev.alertId, verdict.error));
-        continue;
-      }
-      const event = verdict.event;
-      const hostname = hosts.cached(event.hostId) ?? (await hosts.lookup(event.hostId));
-      if (hostname === undefined) {
-        reply(
-          errorCommand(ev.alertId, "host_id is not a registered host; call RegisterAgent first"),
-        );
-        continue;
-      }
-      // Hostnames are unique and a host_id never changes hostname, so this is the check
-      // "host_id is the one registered under the certificate's CN", at no extra lookup.
-      if (agentHostname !== undefined && hostname !== agentHostname) {
-        reply(errorCommand(ev.alertId, "host_id does not belong to this agent"));
-        continue;
-      }
-      if (!claimed.has(event.hostId)) {
-        const open = deps.hostStreams.get(event.hostId) ?? 0;
-        if (deps.maxStreamsPerHost > 0 && open >= deps.maxStreamsPerHost) {
-          throw new ConnectError(
-            `too many concurrent streams for this host (at most ${deps.maxStreamsPerHost}); use one stream per agent`,
-            Code.ResourceExhausted,
-          );
-        }
-        deps.hostStreams.set(event.hostId, open + 1);
-        claimed.add(event.hostId);
-      }
-      if (!deps.rateLimiter.take(event.hostId)) {
-        reply(
-          errorCommand(
-            ev.alertId,
-            "rate limited: this host is sending faster than allowed; send it again later",
-          ),
-        );
-        continue;
-      }
-      const sentId = ev.alertId;
-      writer.enqueue({ ...event, hostname, receivedAtUs: nowMicros() }, (error?: WriteError) => {
-        reply(error === undefined ? ackCommand(sentId) : errorCommand(sentId, error.message));
-      });
-      if (!writer.hasRoom()) await writer.waitForRoom();
-    }
-  };
-
-  const onAbort = (): void => {
-    wakeReader?.();
-    wakeWriter?.();
-  };
-  ctx.signal.addEventListener("abort", onAbort, { once: true });
-  shutdown.addEventListener("abort", onAbort, { once: true });
-  void read().then(
-    () => {
-      readerDone = true;
-      wakeWriter?.();
-    },
-    (err: unknown) => {
-      readerError = err;
-      readerDone = true;
-      wakeWriter?.();
-    },
-  );
-
+  const stream = new AlertStream(deps, ctx.values, ctx.signal);
   try {
+    void stream.readFrom(requests);
     for (;;) {
-      const cmd = replies.shift();
-      if (cmd !== undefined) {
-        yield cmd;
-        inFlight--;
-        const wake = wakeReader;
-        wakeReader = undefined;
-        wake?.();
-        continue;
+      const replies = await stream.take();
+      if (replies === undefined) return;
+      const { alertIds, errors } = replies;
+      for (let i = 0; i < alertIds.length; i++) {
+        const error = errors[i];
+        const alertId = alertIds[i] as string;
+        yield error === undefined ? ackCommand(alertId) : errorCommand(alertId, error);
+        stream.written(1);
       }
-      if (ctx.signal.aborted) return;
-      if (readerDone && inFlight === 0 && !stoppedByShutdown) break;
-      if (shutdown.aborted && inFlight === 0) {
-        throw new ConnectError("server is shutting down; reconnect", Code.Unavailable);
-      }
-      if (readerDone && readerError !== undefined) break;
-      await new Promise<void>((resolve) => {
-        wakeWriter = resolve;
-      });
     }
-    if (readerError !== undefined) throw readerError;
   } finally {
-    for (const hostId of claimed) {
-      const left = (deps.hostStreams.get(hostId) ?? 1) - 1;
-      if (left <= 0) deps.hostStreams.delete(hostId);
-      else deps.hostStreams.set(hostId, left);
-    }
-    ctx.signal.removeEventListener("abort", onAbort);
-    shutdown.removeEventListener("abort", onAbort);
+    stream.close();
   }
 }
