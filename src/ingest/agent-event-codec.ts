@@ -26,7 +26,11 @@ export function decodeAgentEvent(bytes: Uint8Array): AgentEvent {
   return fast === notHandled ? fromBinary(AgentEventSchema, bytes) : fast;
 }
 
-function decodeCommonCase(b: Uint8Array): AgentEvent | typeof notHandled {
+function decodeCommonCase(bytes: Uint8Array): AgentEvent | typeof notHandled {
+  // Request chunks are Buffers already; a plain Uint8Array gets a Buffer view, no copy.
+  const b = Buffer.isBuffer(bytes)
+    ? bytes
+    : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let alertId = "";
   let hostId = "";
   let timestampUs = 0n;
@@ -70,7 +74,8 @@ function decodeCommonCase(b: Uint8Array): AgentEvent | typeof notHandled {
     const stop = i + len;
     if (stop > end) return notHandled;
     if (tag === 0x32) {
-      eventDetailJson = b.subarray(i, stop);
+      // A view, as protobuf-es gives: the same class as the input.
+      eventDetailJson = bytes.subarray(i, stop);
     } else {
       const s = decodeString(b, i, stop);
       if (s === undefined) return notHandled;
@@ -107,21 +112,19 @@ function decodeCommonCase(b: Uint8Array): AgentEvent | typeof notHandled {
 }
 
 /** The UTF-8 text of b[start, stop), or undefined when it is not valid UTF-8. */
-function decodeString(b: Uint8Array, start: number, stop: number): string | undefined {
-  // Agents send ASCII ids, types and rule names: one byte per character, no decoder.
-  let ascii = "";
+function decodeString(b: Buffer, start: number, stop: number): string | undefined {
+  // Agents send ASCII ids, types and rule names: one byte per character, copied as
+  // latin1 into one flat string, with no decoder.
   for (let i = start; i < stop; i++) {
-    const c = b[i] as number;
-    if (c >= 0x80) {
+    if ((b[i] as number) >= 0x80) {
       try {
         return strictUtf8.decode(b.subarray(start, stop));
       } catch {
         return undefined;
       }
     }
-    ascii += String.fromCharCode(c);
   }
-  return ascii;
+  return b.toString("latin1", start, stop);
 }
 
 // An ACK's gRPC envelope: flags, length, then ServerCommand { type = "ACK" (field 1),
