@@ -20,9 +20,9 @@ import type { HostDirectory } from "./host-directory.js";
 import { HostRateLimiter } from "./rate-limiter.js";
 import type { ValidationLimits } from "./validation.js";
 
-export { ackCommand, errorCommand } from "./agent-event-codec.js";
-// Defined with the rest of the caller's identity, and with the codec; re-exported for
+// Defined with the codec and with the rest of the caller's identity; re-exported for
 // existing importers.
+export { ackCommand, errorCommand } from "./agent-event-codec.js";
 export { verifiedClientCn } from "./agent-identity.js";
 
 /** Dependencies and settings of the AlertService. */
@@ -47,6 +47,7 @@ export interface AlertServiceDeps {
 
 const maxHostFieldLength = 253;
 const maxMetaFieldLength = 256;
+
 /** The state every stream of one AlertService shares, whichever path serves it. */
 export function alertStreamDeps(deps: AlertServiceDeps): AlertStreamDeps {
   return {
