@@ -221,6 +221,13 @@ export const settings = {
     3_600_000,
     "An agent stream whose replies could not be written for this long (the agent stopped reading them) is cancelled, freeing what it holds; the agent resends its un-ACKed events.",
   ),
+  grpcFastPath: oneOf(
+    "TRIPWIRE_GRPC_FAST_PATH",
+    ["on", "off"],
+    "on",
+    "on",
+    '`on`: StreamAlerts over plain gRPC (HTTP/2, binary, uncompressed, no `grpc-timeout`: what agents send) is served by a dedicated handler instead of connect-es\'s per-message pipeline, with the same bytes on the wire (docs/performance.md, "Ingest hot path"). `off`: Connect serves it like every other protocol.',
+  ),
   maxPendingEvents: integer(
     "TRIPWIRE_MAX_PENDING_EVENTS",
     100_000,

@@ -21,10 +21,11 @@ import { createTlsServer, readTlsMaterial } from "./http/tls.js";
 import { createViewerAccessCheck } from "./http/viewer-access.js";
 import { agentConnection, connectionOf } from "./ingest/agent-connection.js";
 import { peerContextValues } from "./ingest/agent-identity.js";
-import { createAlertService } from "./ingest/alert-service.js";
+import { alertStreamDeps, createAlertService } from "./ingest/alert-service.js";
 import { HostDirectory } from "./ingest/host-directory.js";
 import { HostRateLimiter } from "./ingest/rate-limiter.js";
 import { cancelTransport, transportCanceller } from "./ingest/reply-stall-watch.js";
+import { useStreamAlertsGrpc } from "./ingest/stream-alerts-grpc.js";
 import { registerDashboardRoutes } from "./live/dashboard-route.js";
 import { perMessageDeflateOptions } from "./live/deflated-frame.js";
 import { subprotocolV1 } from "./live/feed-params.js";
@@ -152,26 +153,34 @@ export async function buildServer(deps: ServerDeps): Promise<Server> {
 
   await app.register(fastifyConnectPlugin, {
     routes(router) {
-      router.service(
-        AlertService,
-        createAlertService({
-          store,
-          writer,
-          hosts,
-          log: log.child({ component: "alert-service" }),
-          limits: config,
-          shutdown: shutdown.signal,
-          clientAuth: tls?.clientCa === undefined ? "off" : config.tlsClientAuth,
-          liveness: hostLiveness.liveness,
-          maxStreamsPerHost: config.maxStreamsPerHost,
-          replyStallTimeoutMs: config.replyStallTimeoutMs,
-          stats: metrics.ingest,
-          rateLimiter: new HostRateLimiter({
-            ratePerSecond: config.hostRateLimit,
-            burst: config.hostRateBurst,
-          }),
+      const serviceDeps = {
+        store,
+        writer,
+        hosts,
+        log: log.child({ component: "alert-service" }),
+        limits: config,
+        shutdown: shutdown.signal,
+        clientAuth: tls?.clientCa === undefined ? "off" : config.tlsClientAuth,
+        liveness: hostLiveness.liveness,
+        maxStreamsPerHost: config.maxStreamsPerHost,
+        replyStallTimeoutMs: config.replyStallTimeoutMs,
+        stats: metrics.ingest,
+        rateLimiter: new HostRateLimiter({
+          ratePerSecond: config.hostRateLimit,
+          burst: config.hostRateBurst,
         }),
-      );
+      } as const;
+      const streams = alertStreamDeps(serviceDeps);
+      router.service(AlertService, createAlertService(serviceDeps, streams));
+      if (config.grpcFastPath === "on") {
+        useStreamAlertsGrpc(router.handlers, {
+          streams,
+          readMaxBytes: config.maxMessageBytes,
+          writeMaxBytes: config.maxMessageBytes,
+          shutdownSignal: rpcDeadline.signal,
+          log: serviceDeps.log,
+        });
+      }
     },
     readMaxBytes: config.maxMessageBytes,
     writeMaxBytes: config.maxMessageBytes,

@@ -4,6 +4,7 @@
 import { sql } from "drizzle-orm";
 import type { NewAlert } from "./alert-types.js";
 import type { Database } from "./database.js";
+import { quoteArrayElement } from "./pg-array.js";
 
 /** What a host registers with. */
 export interface HostRegistration {
@@ -50,36 +51,37 @@ export function createAlertStore(database: Database): AlertStore {
     },
 
     async insertAlerts(alerts) {
-      const n = alerts.length;
-      if (n === 0) return new Map();
-      // One array per column: the statement and its 8 parameters are the same for any
-      // batch size, unlike a VALUES list with 8 parameters per row.
-      const alertIds = new Array<string>(n);
-      const hostIds = new Array<string>(n);
-      const timestamps = new Array<string>(n);
-      const types = new Array<string>(n);
-      const rules = new Array<string>(n);
-      const severities = new Array<string>(n);
-      const details = new Array<string>(n);
-      const receivedAts = new Array<string>(n);
-      for (let i = 0; i < n; i++) {
+      if (alerts.length === 0) return new Map();
+      // One array per column, as array literals built here in one pass: the statement
+      // and its 8 parameters are the same for any batch size, and node-postgres has no
+      // per-element work left to do (src/storage/pg-array.ts).
+      let alertIds = "";
+      let hostIds = "";
+      let timestamps = "";
+      let types = "";
+      let rules = "";
+      let severities = "";
+      let details = "";
+      let receivedAts = "";
+      for (let i = 0; i < alerts.length; i++) {
         const a = alerts[i] as NewAlert;
-        alertIds[i] = a.alertId;
-        hostIds[i] = a.hostId;
-        timestamps[i] = a.timestampUs.toString();
-        types[i] = a.tripwireType;
-        rules[i] = a.ruleName;
-        severities[i] = a.severity;
-        details[i] = a.eventDetailJson;
-        receivedAts[i] = a.receivedAtUs.toString();
+        const sep = i === 0 ? "" : ",";
+        alertIds += sep + quoteArrayElement(a.alertId);
+        hostIds += sep + quoteArrayElement(a.hostId);
+        timestamps += sep + a.timestampUs.toString();
+        types += sep + quoteArrayElement(a.tripwireType);
+        rules += sep + quoteArrayElement(a.ruleName);
+        severities += sep + quoteArrayElement(a.severity);
+        details += sep + quoteArrayElement(a.eventDetailJson);
+        receivedAts += sep + a.receivedAtUs.toString();
       }
       // insert_alert_batch (drizzle/0001) numbers the new rows in commit order.
       const rows = await database.rows<{ alert_id: string; seq: string }>(sql`
         select alert_id::text as alert_id, seq::text as seq from insert_alert_batch(
-          ${sql.param(alertIds)}::uuid[], ${sql.param(hostIds)}::uuid[],
-          ${sql.param(timestamps)}::int8[], ${sql.param(types)}::text[],
-          ${sql.param(rules)}::text[], ${sql.param(severities)}::text[],
-          ${sql.param(details)}::jsonb[], ${sql.param(receivedAts)}::int8[])`);
+          ${`{${alertIds}}`}::uuid[], ${`{${hostIds}}`}::uuid[],
+          ${`{${timestamps}}`}::int8[], ${`{${types}}`}::text[],
+          ${`{${rules}}`}::text[], ${`{${severities}}`}::text[],
+          ${`{${details}}`}::jsonb[], ${`{${receivedAts}}`}::int8[])`);
       const inserted = new Map<string, number>();
       for (const row of rows) inserted.set(row.alert_id, Number(row.seq));
       return inserted;
