@@ -108,6 +108,9 @@ export interface SubscribersResult {
   readonly gaps: number;
   /** Connections the server closed, by close code. */
   readonly closedByServer: Readonly<Record<string, number>>;
+  /** Uncompressed `alerts` message bytes the timed subscribers decoded, and their alerts. */
+  readonly sampleBytes: number;
+  readonly sampleAlerts: number;
   /** Compressed frames no timed subscriber decoded, so their alerts were not counted. */
   readonly undecodedFrames: number;
   readonly timed: readonly TimedSubscriber[];

@@ -16,10 +16,9 @@
  * same clock (performance.timeOrigin + performance.now()).
  */
 import { join } from "node:path";
-import { createClient } from "@connectrpc/connect";
-import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import type { Client } from "@connectrpc/connect";
 import { startSimulatedAgent } from "../../src/cli/simulated-agent.js";
-import { AlertService } from "../../src/gen/alert/alert_pb.js";
+import type { AlertService } from "../../src/gen/alert/alert_pb.js";
 import { backendPids, createBenchDatabase, storedAlerts, withClient } from "./database.js";
 import {
   type Child,
@@ -38,6 +37,7 @@ import {
   type SubscribersReady,
   type SubscribersResult,
 } from "./ipc.js";
+import { createLeanClient, type LeanClient } from "./lean-grpc-client.js";
 import { sleep } from "./machine.js";
 import { type Distribution, distribution, SampleBuffer } from "./percentiles.js";
 import { CpuMeter, machineCpu, RssSampler } from "./proc-stats.js";
@@ -172,7 +172,7 @@ export async function runLoad(o: LoadRunOptions): Promise<LoadResult> {
   let server: ServerProcess | undefined;
   let subs: SubscriberProcess | undefined;
   let probe: ProbeProcess | undefined;
-  const sessions: Http2SessionManager[] = [];
+  const sessions: LeanClient[] = [];
   try {
     // The helper processes load (tsx) while the server starts.
     const wantSubscribers = o.subscribers !== undefined && o.subscribers.count > 0;
@@ -231,11 +231,12 @@ export async function runLoad(o: LoadRunOptions): Promise<LoadResult> {
     const windowStart = t0 + o.warmupMs;
     const windowEnd = windowStart + o.durationMs;
     const agents = Array.from({ length: o.agents }, (_, i) => {
-      const sessionManager = new Http2SessionManager(baseUrl);
-      sessions.push(sessionManager);
-      const transport = createGrpcTransport({ baseUrl, sessionManager });
+      // Plain gRPC without connect-node's per-message pipeline: the load generator
+      // shares the cores with the server (bench/lib/lean-grpc-client.ts).
+      const lean = createLeanClient(baseUrl);
+      sessions.push(lean);
       return startSimulatedAgent({
-        client: createClient(AlertService, transport),
+        client: lean.client as Client<typeof AlertService>,
         hostname: `bench-agent-${i + 1}`,
         rate: o.ratePerAgent,
         durationMs: o.warmupMs + o.durationMs,
@@ -311,7 +312,7 @@ export async function runLoad(o: LoadRunOptions): Promise<LoadResult> {
     await windowDone;
     clearInterval(progress);
     o.onStatus("collecting");
-    for (const s of sessions) s.abort();
+    for (const s of sessions) s.close();
     const probeResultMessage = probe.next("result");
     probe.send({ type: "stop", timeoutMs: 30_000 });
     const probeResult = await probeResultMessage;
@@ -459,7 +460,7 @@ export async function runLoad(o: LoadRunOptions): Promise<LoadResult> {
         rowsStored === acked && unanswered === 0 && failures.length === 0 && serverExit.code === 0,
     };
   } finally {
-    for (const s of sessions) s.abort();
+    for (const s of sessions) s.close();
     subs?.kill();
     probe?.kill();
     await server?.stop(30_000);

@@ -87,6 +87,9 @@ const totals = {
   bytes: 0,
   droppedReported: 0,
   gaps: 0,
+  /** Uncompressed `alerts` message bytes and their alerts, as the timed subscribers saw them. */
+  sampleBytes: 0,
+  sampleAlerts: 0,
 };
 const closedByServer: Record<string, number> = {};
 const subscribers: Subscriber[] = [];
@@ -150,6 +153,10 @@ function onFrame(s: Subscriber, version: 0 | 1, data: Buffer): void {
       const first = readInt(data, v1Prefix.length);
       const last = readInt(data, data.lastIndexOf(seqKey) + seqKey.length);
       received(s, first, last);
+      if (s.timed !== undefined) {
+        totals.sampleBytes += data.length;
+        totals.sampleAlerts += last - first + 1;
+      }
     } else {
       const seq = readInt(data, v0Prefix.length);
       received(s, seq, seq);

@@ -9,7 +9,8 @@
  * subscription buffers up to TRIPWIRE_SUBSCRIBER_BUFFER committed batches of at most
  * TRIPWIRE_BATCH_SIZE alerts; its socket is written to while less than
  * TRIPWIRE_WS_HIGH_WATER_BYTES is queued, so at most that plus one more frame. Frames
- * are as big as the alerts they carry (bytes per alert measured in the run), so
+ * are as big as the alerts they carry (uncompressed bytes per alert, measured in the run by
+ * the timed subscribers, which decode every frame), so
  *   bound = high-water + (buffer + 1) × batch size × bytes per alert.
  * (The batches are shared by every subscriber, so this overstates what many stalled
  * subscribers pin together; the table also shows how much the RSS actually grew.)
@@ -66,7 +67,7 @@ async function run(ctx: RunContext): Promise<Outcome> {
   const config = loadConfig({});
   const info = r.subscribersInfo;
   const bytesPerAlert =
-    info && info.alertsReceived > 0 ? info.bytes / info.alertsReceived : undefined;
+    info && info.sampleAlerts > 0 ? info.sampleBytes / info.sampleAlerts : undefined;
   const perSubscriberBound =
     bytesPerAlert === undefined
       ? undefined
