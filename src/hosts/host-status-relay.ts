@@ -7,8 +7,7 @@
  * stale until the next change, or until its silence check (on the shared `last_seen`)
  * turns the host OFFLINE. GET /api/hosts on any instance is as current as its view.
  */
-import { randomUUID } from "node:crypto";
-import { Redis } from "ioredis";
+import { RedisChannel } from "../broadcast/redis-channel.js";
 import type { Logger } from "../logger.js";
 import { HostStatusChange } from "./host-liveness.js";
 
@@ -43,44 +42,36 @@ function isWireChange(v: unknown): v is WireChange {
 
 /** Publishes this instance's host status changes and delivers the others'. */
 export class HostStatusRelay {
-  /** Identifies this instance's own messages. */
-  readonly instanceId = randomUUID();
-  readonly #pub: Redis;
-  readonly #sub: Redis;
-  readonly #options: HostStatusRelayOptions;
+  readonly #channel: RedisChannel<WireChange>;
 
   constructor(options: HostStatusRelayOptions) {
-    this.#options = options;
-    const common = {
-      // A status published late could overwrite a newer one: never queue while offline.
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 1,
-      retryStrategy: (times: number) => Math.min(100 * 2 ** times, 2_000),
-      lazyConnect: true,
-    };
-    this.#pub = new Redis(options.url, common);
-    this.#sub = new Redis(options.url, { ...common, enableOfflineQueue: true });
-    // The alert relay logs connection trouble; errors here must only not go unhandled.
-    this.#pub.on("error", () => {});
-    this.#sub.on("error", () => {});
-    this.#sub.on("message", (_channel: string, message: string) => this.#receive(message));
+    // The alert relay logs connection trouble; this channel only must not throw.
+    this.#channel = new RedisChannel({
+      url: options.url,
+      channel: options.channel,
+      accepts: isWireChange,
+      onMessage: (m) =>
+        options.onChange(new HostStatusChange(m.host_id, m.hostname, m.status, m.last_seen_ms)),
+      malformedWarning: "ignored a malformed message on the redis hosts channel",
+      log: options.log,
+    });
+  }
+
+  /** Identifies this instance's own messages. */
+  get instanceId(): string {
+    return this.#channel.instanceId;
   }
 
   /**
-   * Connects and subscribes; rejects if Redis is unreachable. ioredis keeps retrying, and
-   * the subscription, queued before the first attempt, is made once it connects.
+   * Connects and subscribes; rejects if Redis is unreachable. ioredis keeps retrying and
+   * subscribes once it connects.
    */
-  async start(): Promise<void> {
-    // The first command connects the lazy client; while it cannot, it waits in the queue.
-    const subscribed = this.#sub.subscribe(this.#options.channel);
-    subscribed.catch(() => {});
-    await this.#pub.connect();
-    await subscribed;
+  start(): Promise<void> {
+    return this.#channel.start();
   }
 
   /** Sends a change to the other instances. Never throws or waits. */
   publish(change: HostStatusChange): void {
-    if (this.#pub.status !== "ready") return;
     const message: WireChange = {
       o: this.instanceId,
       host_id: change.hostId,
@@ -88,29 +79,10 @@ export class HostStatusRelay {
       status: change.status,
       last_seen_ms: change.lastSeenMs,
     };
-    this.#pub.publish(this.#options.channel, JSON.stringify(message)).catch(() => {});
-  }
-
-  #receive(message: string): void {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(message);
-    } catch {
-      parsed = undefined;
-    }
-    // Anyone who can publish on the channel could send anything; it must not throw here.
-    if (!isWireChange(parsed)) {
-      this.#options.log.warn({}, "ignored a malformed message on the redis hosts channel");
-      return;
-    }
-    if (parsed.o === this.instanceId) return;
-    this.#options.onChange(
-      new HostStatusChange(parsed.host_id, parsed.hostname, parsed.status, parsed.last_seen_ms),
-    );
+    this.#channel.publish(JSON.stringify(message));
   }
 
   close(): void {
-    this.#sub.disconnect();
-    this.#pub.disconnect();
+    this.#channel.close();
   }
 }
