@@ -3,7 +3,8 @@
  * and applies the migrations in drizzle/ before anything else touches it.
  */
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
+import { mkdir } from "node:fs/promises";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { PGlite } from "@electric-sql/pglite";
 import { type SQL, sql } from "drizzle-orm";
@@ -93,8 +94,18 @@ async function openPostgres(options: {
   );
 }
 
+/**
+ * An embedded database in memory, or in `dataDir`. PGlite creates only the last level
+ * of the directory, so its parents (`.data` on a fresh clone) are created here.
+ */
+async function newPglite(dataDir: string | undefined): Promise<PGlite> {
+  if (dataDir === undefined) return new PGlite();
+  if (!dataDir.includes("://")) await mkdir(dirname(resolve(dataDir)), { recursive: true });
+  return new PGlite(dataDir);
+}
+
 async function openPglite(dataDir: string | undefined): Promise<Database> {
-  const client = dataDir === undefined ? new PGlite() : new PGlite(dataDir);
+  const client = await newPglite(dataDir);
   await client.waitReady;
   const db = drizzlePglite(client);
   await applyMigrations(db, () => migratePglite(db, { migrationsFolder }));
@@ -123,7 +134,7 @@ export async function migrateDatabase(options: DatabaseOptions): Promise<Migrati
   if ("url" in options) {
     applied = await migratePostgres(options.url);
   } else {
-    const client = options.dataDir === undefined ? new PGlite() : new PGlite(options.dataDir);
+    const client = await newPglite(options.dataDir);
     try {
       await client.waitReady;
       const db = drizzlePglite(client);
