@@ -17,9 +17,9 @@ import type { LiveFeed } from "../broadcast/live-feed.js";
 import { createViewerAccessCheck, type ViewerAccessSettings } from "../http/viewer-access.js";
 import type { Logger } from "../logger.js";
 import type { FeedStore } from "../storage/feed-store.js";
-import { acceptsSharedDeflate, deflatedTextFrame } from "./deflated-frame.js";
 import { describeFilter, type FeedFilter, isOpen, matches } from "./feed-filter.js";
 import { FeedParamError, type FeedParams, parseFeedParams, parseFilter } from "./feed-params.js";
+import { acceptsSharedDeflate, deflatedTextFrame, textFrames } from "./ws-frames.js";
 
 /** Close code sent when the server shuts down (RFC 6455 "going away"). */
 export const closeGoingAway = 1001;
@@ -63,7 +63,7 @@ export interface WsStats {
 interface Connection {
   readonly socket: WebSocket;
   readonly version: 0 | 1;
-  /** Whole batches go out as the shared permessage-deflate frame (src/live/deflated-frame.ts). */
+  /** Whole batches go out as the shared permessage-deflate frame (src/live/ws-frames.ts). */
   readonly sharedDeflate: boolean;
   alive: boolean;
   lastSentAt: number;
@@ -247,6 +247,18 @@ function deflatedFrameOf(batch: LiveBatch): Buffer {
   return frame;
 }
 
+/** Each batch's version-0 frames (one per alert) in one buffer, built once for every socket. */
+const v0Frames = new WeakMap<LiveBatch, Buffer>();
+
+function v0FramesOf(batch: LiveBatch): Buffer {
+  let frames = v0Frames.get(batch);
+  if (frames === undefined) {
+    frames = textFrames(batch.alerts.map(bytesOf));
+    v0Frames.set(batch, frames);
+  }
+  return frames;
+}
+
 /** Sends alerts (already filtered) in the connection's version; resolves when it may send more. */
 function sendAlerts(
   conn: Connection,
@@ -260,12 +272,13 @@ function sendAlerts(
   conn.lastSeq = last.seq;
   // Past the high-water mark, the caller waits until this write reaches the socket.
   const wait = conn.socket.bufferedAmount >= highWaterBytes;
-  if (conn.sharedDeflate && wholeBatch !== undefined) {
-    // ws writes uncompressed frames straight to this socket too (it never compresses for
-    // the feed), so writing the prebuilt frame here keeps every message in order.
+  if (wholeBatch !== undefined && (conn.sharedDeflate || conn.version === 0)) {
+    // Frames built once for everyone: the batch compressed (version 1), or one frame per
+    // alert in one buffer (version 0). ws writes its own (never compressed) frames
+    // straight to this socket too, so writing these here keeps every message in order.
     if (conn.socket.readyState !== WebSocket.OPEN) return undefined;
     conn.lastSentAt = Date.now();
-    const frame = deflatedFrameOf(wholeBatch);
+    const frame = conn.sharedDeflate ? deflatedFrameOf(wholeBatch) : v0FramesOf(wholeBatch);
     if (!wait) {
       raw.write(frame);
       return undefined;
@@ -281,7 +294,7 @@ function sendAlerts(
     }
     return new Promise((resolve) => send(conn, frame, resolve));
   }
-  // Version 0: one frame per alert, written to the socket in one go.
+  // Version 0 with a filter: one frame per matching alert, written to the socket in one go.
   raw.cork();
   let result: Promise<void> | undefined;
   for (let i = 0; i < alerts.length; i++) {

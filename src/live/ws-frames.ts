@@ -1,5 +1,8 @@
 /**
- * permessage-deflate (RFC 7692) done once per batch instead of once per socket.
+ * WebSocket frames built once per batch and written as they are to every subscriber's
+ * socket, instead of one `ws.send` per subscriber (and, in version 0, per alert).
+ *
+ * permessage-deflate (RFC 7692) is done once per batch instead of once per socket:
  *
  * ws compresses each message separately for each socket, so a batch sent to a thousand
  * browsers would be compressed a thousand times. Instead the feed negotiates the
@@ -42,19 +45,45 @@ export function deflatedTextFrame(payload: Buffer): Buffer {
     finishFlush: constants.Z_SYNC_FLUSH,
   });
   const body = compressed.subarray(0, compressed.length - 4);
-  const n = body.length;
-  const headerLength = n < 126 ? 2 : n < 65_536 ? 4 : 10;
-  const frame = Buffer.allocUnsafe(headerLength + n);
-  frame[0] = 0xc1; // FIN, RSV1 (compressed), opcode 1 (text)
-  if (n < 126) {
-    frame[1] = n;
-  } else if (n < 65_536) {
-    frame[1] = 126;
-    frame.writeUInt16BE(n, 2);
-  } else {
-    frame[1] = 127;
-    frame.writeBigUInt64BE(BigInt(n), 2);
-  }
-  body.copy(frame, headerLength);
+  const frame = Buffer.allocUnsafe(headerLength(body.length) + body.length);
+  const at = writeHeader(frame, 0, 0xc1, body.length); // FIN, RSV1 (compressed), text
+  body.copy(frame, at);
   return frame;
+}
+
+/**
+ * One buffer holding a final, uncompressed, unmasked text frame for each payload, in
+ * order: version 0's one message per alert, written to a socket in one write.
+ */
+export function textFrames(payloads: readonly Buffer[]): Buffer {
+  let size = 0;
+  for (const p of payloads) size += headerLength(p.length) + p.length;
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  for (const p of payloads) {
+    at = writeHeader(out, at, 0x81, p.length); // FIN, text
+    at += p.copy(out, at);
+  }
+  return out;
+}
+
+function headerLength(n: number): number {
+  return n < 126 ? 2 : n < 65_536 ? 4 : 10;
+}
+
+/** Writes a server frame header (no mask) at `at`; returns where the payload starts. */
+function writeHeader(buf: Buffer, at: number, first: number, n: number): number {
+  buf[at] = first;
+  if (n < 126) {
+    buf[at + 1] = n;
+    return at + 2;
+  }
+  if (n < 65_536) {
+    buf[at + 1] = 126;
+    buf.writeUInt16BE(n, at + 2);
+    return at + 4;
+  }
+  buf[at + 1] = 127;
+  buf.writeBigUInt64BE(BigInt(n), at + 2);
+  return at + 10;
 }

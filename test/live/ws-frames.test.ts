@@ -1,13 +1,14 @@
 /**
- * permessage-deflate on /ws (src/live/deflated-frame.ts): a version-1 subscriber that
- * accepts it gets each batch as one frame compressed once for everybody; one that does
- * not gets the same messages uncompressed.
+ * Frames built once per batch (src/live/ws-frames.ts): a version-1 subscriber that
+ * accepts permessage-deflate gets each batch as one frame compressed once for everybody,
+ * one that does not gets the same messages uncompressed; version 0 gets each batch's
+ * frames (one per alert) as one prebuilt buffer.
  */
 import type { Socket } from "node:net";
 import { constants, inflateRawSync } from "node:zlib";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Config } from "../../src/config.js";
-import { deflatedTextFrame } from "../../src/live/deflated-frame.js";
+import { deflatedTextFrame, textFrames } from "../../src/live/ws-frames.js";
 import { makeEvent, register, streamAll } from "../support/agent.js";
 import { createTestDatabase, type TestDatabase } from "../support/databases.js";
 import { type RunningServer, startServer } from "../support/server.js";
@@ -41,6 +42,30 @@ describe("deflatedTextFrame", () => {
       expect(inflated.equals(payload)).toBe(true);
     },
   );
+});
+
+describe("textFrames", () => {
+  it("lays out one final uncompressed text frame per payload, in order, with each length encoding", () => {
+    const payloads = [10, 200, 70_000, 0].map((n, i) => Buffer.alloc(n, 97 + i));
+    const buf = textFrames(payloads);
+    const parsed: Buffer[] = [];
+    let at = 0;
+    while (at < buf.length) {
+      expect(buf[at]).toBe(0x81); // FIN + text, no RSV1
+      const marker = (buf[at + 1] as number) & 0x7f;
+      expect((buf[at + 1] as number) & 0x80).toBe(0); // servers do not mask
+      const [offset, length] =
+        marker < 126
+          ? [2, marker]
+          : marker === 126
+            ? [4, buf.readUInt16BE(at + 2)]
+            : [10, Number(buf.readBigUInt64BE(at + 2))];
+      parsed.push(buf.subarray(at + offset, at + offset + length));
+      at += offset + length;
+    }
+    expect(at).toBe(buf.length);
+    expect(parsed).toEqual(payloads);
+  });
 });
 
 describe("/ws compression", () => {
