@@ -131,6 +131,9 @@ export class AlertStream {
    */
   accept(ev: AgentEvent): boolean | Promise<boolean> {
     const { hosts, limits, shutdown } = this.#deps;
+    // Closed (a stalled stream cancelled): events still buffered are not taken, or they
+    // would count as in flight after the stream's count was taken off.
+    if (this.#closed) return false;
     // An event read after shutdown began is left unanswered: the agent sends it again.
     if (shutdown.aborted) {
       this.#stoppedByShutdown = true;
