@@ -22,6 +22,7 @@ import {
   ServerCommandSchema,
 } from "../../src/gen/alert/alert_pb.js";
 import { decodeReply, makeEvent, type Reply, register } from "../support/agent.js";
+import { eventQueue } from "../support/agent-stream.js";
 import { backends, createTestDatabase, type TestDatabase } from "../support/databases.js";
 import { type RunningServer, startServer } from "../support/server.js";
 
@@ -718,42 +719,20 @@ interface BystanderAgent {
 async function startBystander(server: RunningServer): Promise<BystanderAgent> {
   const client = server.grpcClient();
   const hostId = await register(client, `bystander-${randomUUID().slice(0, 8)}`);
-  const queue: AgentEvent[] = [];
+  const queue = eventQueue();
   const sent: string[] = [];
-  let closed = false;
-  let wake: (() => void) | undefined;
-  async function* events(): AsyncGenerator<AgentEvent> {
-    for (;;) {
-      const next = queue.shift();
-      if (next !== undefined) {
-        yield next;
-        continue;
-      }
-      if (closed) return;
-      await new Promise<void>((resolve) => {
-        wake = resolve;
-      });
-    }
-  }
   const replies: Reply[] = [];
   const done = (async () => {
-    for await (const cmd of client.streamAlerts(events())) replies.push(decodeReply(cmd));
+    for await (const cmd of client.streamAlerts(queue.events)) replies.push(decodeReply(cmd));
   })();
-  const poke = (): void => {
-    const w = wake;
-    wake = undefined;
-    w?.();
-  };
   return {
     tick() {
       const ev = makeEvent(hostId);
       sent.push(ev.alertId);
       queue.push(ev);
-      poke();
     },
     async finish() {
-      closed = true;
-      poke();
+      queue.close();
       await done;
       return { sent, replies };
     },

@@ -16,11 +16,25 @@ export interface OpenStream {
   end(): Promise<void>;
 }
 
-/** Opens a stream that sends nothing until `send` is called. */
-export function openStream(client: Client<typeof AlertService>): OpenStream {
+/** Events a test hands to a stream as it goes: the stream's request side. */
+export interface EventQueue {
+  /** What to pass to `streamAlerts`: yields each pushed event, ends after `close`. */
+  readonly events: AsyncIterable<AgentEvent>;
+  push(...events: AgentEvent[]): void;
+  /** Half-closes the stream once the pushed events have gone out. */
+  close(): void;
+}
+
+/** A queue of events for one stream, empty and open. */
+export function eventQueue(): EventQueue {
   const queue: AgentEvent[] = [];
-  let ended = false;
+  let closed = false;
   let wake: (() => void) | undefined;
+  const poke = (): void => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
   async function* events(): AsyncGenerator<AgentEvent> {
     for (;;) {
       const next = queue.shift();
@@ -28,29 +42,38 @@ export function openStream(client: Client<typeof AlertService>): OpenStream {
         yield next;
         continue;
       }
-      if (ended) return;
+      if (closed) return;
       await new Promise<void>((resolve) => {
         wake = resolve;
       });
     }
   }
-  const replies = client.streamAlerts(events())[Symbol.asyncIterator]();
-  const poke = (): void => {
-    const w = wake;
-    wake = undefined;
-    w?.();
+  return {
+    events: events(),
+    push(...more) {
+      queue.push(...more);
+      poke();
+    },
+    close() {
+      closed = true;
+      poke();
+    },
   };
+}
+
+/** Opens a stream that sends nothing until `send` is called. */
+export function openStream(client: Client<typeof AlertService>): OpenStream {
+  const queue = eventQueue();
+  const replies = client.streamAlerts(queue.events)[Symbol.asyncIterator]();
   return {
     async send(event) {
       queue.push(event);
-      poke();
       const next = await replies.next();
       if (next.done === true) throw new Error("the stream ended before the reply");
       return decodeReply(next.value);
     },
     async sendAll(events) {
       queue.push(...events);
-      poke();
       const out: Reply[] = [];
       while (out.length < events.length) {
         const next = await replies.next();
@@ -60,8 +83,7 @@ export function openStream(client: Client<typeof AlertService>): OpenStream {
       return out;
     },
     async end() {
-      ended = true;
-      poke();
+      queue.close();
       while (!(await replies.next()).done) {
         // Replies left over are not this helper's concern.
       }
