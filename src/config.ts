@@ -317,7 +317,7 @@ export const settings = {
     ["on", "off"],
     "on",
     "on",
-    "Offer permessage-deflate on /ws: each batch is compressed once and the same frame goes to every version-1 subscriber that accepted it (about 7× fewer bytes).",
+    "Offer permessage-deflate on /ws: each batch is compressed once and the same frame goes to every version-1 subscriber that accepted it (about 9× fewer bytes).",
   ),
   wsHighWaterBytes: integer(
     "TRIPWIRE_WS_HIGH_WATER_BYTES",

@@ -7,10 +7,18 @@
  * ws compresses each message separately for each socket, so a batch sent to a thousand
  * browsers would be compressed a thousand times. Instead the feed negotiates the
  * extension without context takeover, compresses a batch's `alerts` message once, and
- * writes the same complete frame to every socket that accepted the extension. JSON
- * alerts compress about 7× at level 1, so each socket costs a seventh of the bytes.
+ * writes the same complete frame to every socket that accepted the extension. A batch of
+ * JSON alerts compresses about 9× at level 6, so each socket costs a ninth of the bytes.
  */
 import { constants, deflateRawSync } from "node:zlib";
+
+/**
+ * Compressing happens once per batch, whatever the number of sockets, while every byte
+ * saved is saved once per socket. On the agent simulator's alerts in 500-alert batches,
+ * level 6 sends 47 bytes per alert for 2.5 µs of CPU per alert, level 1 58 bytes for
+ * 1.2 µs; levels above 6 save under 3% more.
+ */
+const deflateLevel = 6;
 
 /** What the feed offers in the handshake: no context kept between messages. */
 export const perMessageDeflateOptions = {
@@ -41,7 +49,7 @@ export function acceptsSharedDeflate(extensions: string): boolean {
  */
 export function deflatedTextFrame(payload: Buffer): Buffer {
   const compressed = deflateRawSync(payload, {
-    level: 1,
+    level: deflateLevel,
     finishFlush: constants.Z_SYNC_FLUSH,
   });
   const body = compressed.subarray(0, compressed.length - 4);
