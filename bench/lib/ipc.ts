@@ -1,8 +1,9 @@
 /**
- * The child processes of the benchmark (subscribers, probe agent, echo servers): their IPC
+ * The child processes of the benchmark (subscribers, probe agent, storm agent, echo servers): their IPC
  * messages, a typed handle to drive them, and the clock every process stamps events with.
  */
 import { fork } from "node:child_process";
+import type { AgentStats } from "../../src/cli/simulated-agent.js";
 import { onAbort } from "./cleanup.js";
 
 /**
@@ -178,7 +179,41 @@ export interface ProbeResult {
   readonly failure: string | undefined;
 }
 
-/** Subscriber or probe process → parent: loaded and listening for messages. */
+/** Parent → storm process: run one simulated agent that sends `count` alerts as fast as it can. */
+export interface StartStorm {
+  readonly type: "start-storm";
+  readonly baseUrl: string;
+  readonly hostname: string;
+  readonly count: number;
+  readonly maxInFlight: number;
+  readonly drainTimeoutMs: number;
+}
+
+/** Parent → storm process: report its progress now. */
+export interface CountStorm {
+  readonly type: "count-storm";
+}
+
+/** Storm process → parent: replies read so far. */
+export interface StormProgress {
+  readonly type: "storm-progress";
+  readonly acked: number;
+  readonly errors: number;
+}
+
+/** Storm process → parent: the agent's final counters, and when it ran (epochMs()). */
+export interface StormResult {
+  readonly type: "storm-result";
+  readonly stats: AgentStats;
+  /** The "start-storm" message arrived (before RegisterAgent). */
+  readonly startedAt: number;
+  /** The first event was handed to the stream; undefined if none was. */
+  readonly sendingAt: number | undefined;
+  /** The stream ended: every reply read, or the drain timed out, or it failed. */
+  readonly doneAt: number;
+}
+
+/** Subscriber, probe or storm process → parent: loaded and listening for messages. */
 export interface ChildAlive {
   readonly type: "alive";
 }
@@ -196,7 +231,9 @@ export type ToChild =
   | StallSubscribers
   | CountSubscribers
   | StartProbe
-  | StopProbe;
+  | StopProbe
+  | StartStorm
+  | CountStorm;
 /** Child → parent messages. */
 export type FromChild =
   | ChildAlive
@@ -205,6 +242,8 @@ export type FromChild =
   | SubscriberCounts
   | ProbeReady
   | ProbeResult
+  | StormProgress
+  | StormResult
   | EchoListening;
 
 /** A child process driven over IPC. */
