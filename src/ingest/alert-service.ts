@@ -35,7 +35,10 @@ export interface AlertServiceDeps {
   readonly writer: BatchWriter;
   readonly hosts: HostDirectory;
   readonly log: Logger;
-  readonly limits: ValidationLimits & { readonly maxInFlightPerStream: number };
+  readonly limits: ValidationLimits & {
+    readonly maxInFlightPerStream: number;
+    readonly quietStreamInFlight: number;
+  };
   /**
    * Aborted when the server begins to shut down: streams stop reading, answer what
    * they have read once it is committed, then end with UNAVAILABLE so agents reconnect.

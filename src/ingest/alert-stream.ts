@@ -21,7 +21,10 @@ import { type ValidationLimits, type ValidEvent, validateEvent } from "./validat
 export interface AlertStreamDeps {
   readonly writer: BatchWriter;
   readonly hosts: HostDirectory;
-  readonly limits: ValidationLimits & { readonly maxInFlightPerStream: number };
+  readonly limits: ValidationLimits & {
+    readonly maxInFlightPerStream: number;
+    readonly quietStreamInFlight: number;
+  };
   /** Aborted when the server begins to shut down. */
   readonly shutdown: AbortSignal;
   readonly clientAuth: ClientAuthMode;
@@ -231,6 +234,7 @@ export class AlertStream {
         stats.observeAckLatency((performance.now() - readAtMs) / 1000);
         this.#reply(sentId, undefined);
       },
+      this.#inFlight <= deps.limits.quietStreamInFlight,
     );
     if (!deps.writer.hasRoom()) return deps.writer.waitForRoom().then(() => this.#afterEvent());
     return this.#afterEvent();

@@ -2,6 +2,17 @@
  * The one batch writer shared by every agent stream. Alerts wait in a queue until the
  * flush interval passes or a batch fills up; each batch is one INSERT in its own
  * transaction, and each alert's callback runs only after that transaction committed.
+ *
+ * Quiet streams do not wait behind busy ones. An alert enqueued as `quiet` (its stream
+ * has few events unanswered) while the writer holds a busy stream's alerts (queued or
+ * being committed) goes to a queue of its own, committed in the next free flush slot
+ * ahead of the main queue, in a batch of its own. Without it, while one host bursts,
+ * every other host's alert would wait for the next full batch of the burst, or for the
+ * flush interval when the burst is rate-limited, and then for that batch's longer commit;
+ * with it, a storm from one host leaves the others' ACK latency as it was. When only
+ * quiet streams are sending, their alerts wait for the flush interval like any other, so
+ * a trickle still goes out in batches. One stream's alerts may be committed out of the
+ * order they were sent (agents match ACKs by alert_id; nothing depends on that order).
  */
 import type { Logger } from "../logger.js";
 import type { AlertStore } from "./alert-store.js";
@@ -46,6 +57,7 @@ export interface BatchWriterOptions {
 interface Entry {
   readonly alert: NewAlert;
   readonly done: WriteCallback;
+  readonly quiet: boolean;
 }
 
 /**
@@ -60,6 +72,10 @@ export class BatchWriter {
   readonly #store: AlertStore;
   readonly #options: BatchWriterOptions;
   #pending: Entry[] = [];
+  /** Quiet streams' alerts that arrived while the writer held a busy stream's alerts. */
+  #quiet: Entry[] = [];
+  /** Entries in #pending and in batches being committed that came from busy streams. */
+  #busyEntries = 0;
   /** How many entries at the head of #pending have waited a full interval. */
   #due = 0;
   #timer: NodeJS.Timeout | undefined;
@@ -78,7 +94,7 @@ export class BatchWriter {
 
   /** Alerts queued and not yet handed to the database. */
   get pendingCount(): number {
-    return this.#pending.length;
+    return this.#pending.length + this.#quiet.length;
   }
 
   /** Why the last batch failed, while the database has not taken a batch since; else undefined. */
@@ -93,7 +109,7 @@ export class BatchWriter {
 
   /** Whether more alerts may be queued without going over `maxPending`. */
   hasRoom(): boolean {
-    return this.#pending.length < this.#options.maxPending;
+    return this.#pending.length + this.#quiet.length < this.#options.maxPending;
   }
 
   /** Resolves when `hasRoom()` is true again (or the writer closed). */
@@ -102,8 +118,12 @@ export class BatchWriter {
     return new Promise((resolve) => this.#roomWaiters.push(resolve));
   }
 
-  /** Queues one alert; `done` runs after its batch committed or failed. O(1). */
-  enqueue(alert: NewAlert, done: WriteCallback): void {
+  /**
+   * Queues one alert; `done` runs after its batch committed or failed. O(1). `quiet`:
+   * its stream has few events unanswered, so it may skip ahead while batches are being
+   * committed (see the class comment).
+   */
+  enqueue(alert: NewAlert, done: WriteCallback, quiet = false): void {
     if (this.#closed) {
       done(
         new WriteError("not stored: the server is shutting down; send it again", "closed"),
@@ -111,8 +131,20 @@ export class BatchWriter {
       );
       return;
     }
-    this.#pending.push({ alert, done });
-    if (this.#pending.length >= this.#options.batchSize) this.#drain();
+    if (quiet && this.#busyEntries > 0) {
+      this.#quiet.push({ alert, done, quiet });
+      this.#drain();
+      return;
+    }
+    if (!quiet && this.#busyEntries++ === 0 && this.#pending.length > 0) {
+      // The first busy stream's alert: everything queued so far is quiet streams' alerts,
+      // which would now wait for a batch that the busy stream fills.
+      for (const e of this.#pending) this.#quiet.push(e);
+      this.#pending = [];
+      this.#due = 0;
+    }
+    this.#pending.push({ alert, done, quiet });
+    if (this.#pending.length >= this.#options.batchSize || this.#quiet.length > 0) this.#drain();
     else if (this.#timer === undefined) this.#arm();
   }
 
@@ -130,7 +162,7 @@ export class BatchWriter {
   async flush(): Promise<void> {
     this.#due = this.#pending.length;
     this.#drain();
-    while (this.#active > 0 || this.#pending.length > 0) {
+    while (this.#active > 0 || this.#pending.length > 0 || this.#quiet.length > 0) {
       await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
       this.#due = this.#pending.length;
       this.#drain();
@@ -156,21 +188,27 @@ export class BatchWriter {
 
   #drain(): void {
     const { batchSize, maxConcurrentFlushes } = this.#options;
-    while (
-      this.#active < maxConcurrentFlushes &&
-      (this.#due > 0 || this.#pending.length >= batchSize)
-    ) {
+    while (this.#active < maxConcurrentFlushes) {
+      if (this.#quiet.length > 0) {
+        this.#start(this.#quiet.splice(0, batchSize));
+        continue;
+      }
+      if (this.#due === 0 && this.#pending.length < batchSize) break;
       const take = Math.min(batchSize, this.#pending.length);
       if (take === 0) break;
-      const batch = this.#pending.splice(0, take);
       this.#due = Math.max(0, this.#due - take);
-      this.#active++;
-      void this.#run(batch).finally(() => {
-        this.#active--;
-        this.#afterBatch();
-      });
+      this.#start(this.#pending.splice(0, take));
     }
     if (this.#pending.length > 0 && this.#timer === undefined && this.#due === 0) this.#arm();
+  }
+
+  #start(batch: Entry[]): void {
+    this.#active++;
+    void this.#run(batch).finally(() => {
+      this.#active--;
+      for (const e of batch) if (!e.quiet) this.#busyEntries--;
+      this.#afterBatch();
+    });
   }
 
   #afterBatch(): void {

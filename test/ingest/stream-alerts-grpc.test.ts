@@ -140,8 +140,13 @@ describe.each(backends)("StreamAlerts gRPC fast path [%s]", (kind) => {
   });
 
   it("writes the replies that are ready together as one DATA chunk, one ServerCommand per event", async () => {
-    // One batch commits all 100 at once, so their ACKs are ready at the same moment.
-    const single = await startServer(database, { batchSize: 100, flushIntervalMs: 60_000 });
+    // One batch commits all 100 at once, so their ACKs are ready at the same moment (quiet
+    // streams off: the stream's first events would go ahead in a batch of their own).
+    const single = await startServer(database, {
+      batchSize: 100,
+      flushIntervalMs: 60_000,
+      quietStreamInFlight: 0,
+    });
     try {
       const events = Array.from({ length: 100 }, () => makeEvent(hostId));
       const call = await rawCall(single.baseUrl, [envelopes(events)]);

@@ -177,7 +177,12 @@ describe.each(backends)("WebSocket delivery [%s]", (kind) => {
       },
     };
     // The batch fills at exactly 500, long before the interval could end it.
-    server = await startServer(database, { batchSize: 500, flushIntervalMs: 60_000 }, { store });
+    // Quiet streams off: the stream's first events would go ahead in a batch of their own.
+    server = await startServer(
+      database,
+      { batchSize: 500, flushIntervalMs: 60_000, quietStreamInFlight: 0 },
+      { store },
+    );
     const client = server.grpcClient();
     const hostId = await register(client);
     const feed = await openFeed(server);

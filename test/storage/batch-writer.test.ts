@@ -57,8 +57,8 @@ interface Tracked {
   readonly done: Promise<Settled>;
 }
 
-/** Enqueues `alert` and tracks how it ends. */
-function track(writer: BatchWriter, alert: NewAlert): Tracked {
+/** Enqueues `alert` (from a quiet stream if `quiet`) and tracks how it ends. */
+function track(writer: BatchWriter, alert: NewAlert, quiet = false): Tracked {
   let settle: (s: Settled) => void = () => {};
   const record: { settled: Settled | undefined; done: Promise<Settled> } = {
     settled: undefined,
@@ -66,10 +66,14 @@ function track(writer: BatchWriter, alert: NewAlert): Tracked {
       settle = resolve;
     }),
   };
-  writer.enqueue(alert, (error, outcome) => {
-    record.settled = { error, outcome };
-    settle(record.settled);
-  });
+  writer.enqueue(
+    alert,
+    (error, outcome) => {
+      record.settled = { error, outcome };
+      settle(record.settled);
+    },
+    quiet,
+  );
   return record;
 }
 
@@ -208,6 +212,50 @@ describe.each(backends)("BatchWriter [%s]", (kind) => {
     await writer.flush();
     expect(probe.batchSizes).toEqual([5, 5, 2]);
     expect(await stored(alerts.map((a) => a.alertId))).toHaveLength(12);
+  });
+
+  it("commits a quiet stream's alert at once, in a batch of its own, while a busy stream's alerts wait for their batch", async () => {
+    const { writer, probe } = setup({ batchSize: 1000, flushIntervalMs: never });
+    const busy = Array.from({ length: 5 }, () => track(writer, newAlert()));
+    expect(probe.batchSizes).toEqual([]);
+
+    const quiet = track(writer, newAlert(), true);
+    expect((await quiet.done).outcome?.status).toBe("inserted");
+    expect(probe.batchSizes).toEqual([1]);
+    expect(busy.map((w) => w.settled)).toEqual(Array(5).fill(undefined));
+    expect(writer.pendingCount).toBe(5);
+
+    await writer.flush();
+    expect(probe.batchSizes).toEqual([1, 5]);
+    expect(busy.map((w) => w.settled?.outcome?.status)).toEqual(Array(5).fill("inserted"));
+  });
+
+  it("keeps quiet streams' alerts for the flush interval while no busy stream is sending", async () => {
+    const { writer, probe } = setup({ batchSize: 1000, flushIntervalMs: never });
+    const quiet = Array.from({ length: 3 }, () => track(writer, newAlert(), true));
+    await database.ping();
+    expect(probe.batchSizes).toEqual([]);
+    expect(writer.pendingCount).toBe(3);
+
+    // A busy stream starts: the quiet alerts already queued would wait for its batch.
+    const busy = track(writer, newAlert());
+    await Promise.all(quiet.map((w) => w.done));
+    expect(probe.batchSizes).toEqual([3]);
+    expect(busy.settled).toBeUndefined();
+    await writer.flush();
+    expect(probe.batchSizes).toEqual([3, 1]);
+  });
+
+  it("gives the next free flush slot to quiet alerts before the busy queue", async () => {
+    const { writer, probe } = setup({ batchSize: 2, flushIntervalMs: never });
+    // Two busy alerts fill a batch, which goes out at once and takes the only slot.
+    const first = [track(writer, newAlert()), track(writer, newAlert())];
+    expect(probe.batchSizes).toEqual([2]);
+    // Two more fill the next batch, which must wait for the slot; a quiet alert comes after.
+    const second = [track(writer, newAlert()), track(writer, newAlert())];
+    const quiet = track(writer, newAlert(), true);
+    await Promise.all([...first, ...second, quiet].map((w) => w.done));
+    expect(probe.batchSizes).toEqual([2, 1, 2]);
   });
 
   it("stores an alert_id sent twice in one batch once: the first copy is inserted, the second a duplicate", async () => {
