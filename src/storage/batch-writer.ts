@@ -6,13 +6,15 @@
  * Quiet streams do not wait behind busy ones. An alert enqueued as `quiet` (its stream
  * has few events unanswered) while the writer holds a busy stream's alerts (queued or
  * being committed) goes to a queue of its own, committed in the next free flush slot
- * ahead of the main queue, in a batch of its own. Without it, while one host bursts,
- * every other host's alert would wait for the next full batch of the burst, or for the
- * flush interval when the burst is rate-limited, and then for that batch's longer commit;
- * with it, a storm from one host leaves the others' ACK latency as it was. When only
- * quiet streams are sending, their alerts wait for the flush interval like any other, so
- * a trickle still goes out in batches. One stream's alerts may be committed out of the
- * order they were sent (agents match ACKs by alert_id; nothing depends on that order).
+ * ahead of the main queue, in a batch of its own; but never two such batches in a row
+ * while the main queue has a batch ready, so quiet alerts that keep coming cannot starve
+ * it. Without this, while one host bursts, every other host's alert would wait for the
+ * next full batch of the burst, or for the flush interval when the burst is rate-limited,
+ * and then for that batch's longer commit; with it, a storm from one host leaves the
+ * others' ACK latency as it was. When only quiet streams are sending, their alerts wait
+ * for the flush interval like any other, so a trickle still goes out in batches. One
+ * stream's alerts may be committed out of the order they were sent (agents match ACKs by
+ * alert_id; nothing depends on that order).
  */
 import type { Logger } from "../logger.js";
 import type { AlertStore } from "./alert-store.js";
@@ -76,6 +78,8 @@ export class BatchWriter {
   #quiet: Entry[] = [];
   /** Entries in #pending and in batches being committed that came from busy streams. */
   #busyEntries = 0;
+  /** Whether the last batch started was quiet streams': the next one is the main queue's if ready. */
+  #lastStartedQuiet = false;
   /** How many entries at the head of #pending have waited a full interval. */
   #due = 0;
   #timer: NodeJS.Timeout | undefined;
@@ -189,14 +193,20 @@ export class BatchWriter {
   #drain(): void {
     const { batchSize, maxConcurrentFlushes } = this.#options;
     while (this.#active < maxConcurrentFlushes) {
-      if (this.#quiet.length > 0) {
+      const mainReady =
+        this.#pending.length > 0 && (this.#due > 0 || this.#pending.length >= batchSize);
+      // Quiet streams' alerts go first, but never twice in a row while the main queue has
+      // a batch ready: quiet alerts that keep coming must not starve it.
+      if (this.#quiet.length > 0 && !(this.#lastStartedQuiet && mainReady)) {
+        this.#lastStartedQuiet = true;
         this.#start(this.#quiet.splice(0, batchSize));
         continue;
       }
-      if (this.#due === 0 && this.#pending.length < batchSize) break;
+      if (!mainReady) break;
       const take = Math.min(batchSize, this.#pending.length);
       if (take === 0) break;
       this.#due = Math.max(0, this.#due - take);
+      this.#lastStartedQuiet = false;
       this.#start(this.#pending.splice(0, take));
     }
     if (this.#pending.length > 0 && this.#timer === undefined && this.#due === 0) this.#arm();

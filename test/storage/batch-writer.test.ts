@@ -258,6 +258,34 @@ describe.each(backends)("BatchWriter [%s]", (kind) => {
     expect(probe.batchSizes).toEqual([2, 1, 2]);
   });
 
+  it("does not let quiet alerts that keep coming starve a ready batch of the main queue", async () => {
+    const { writer, probe } = setup({ batchSize: 2, flushIntervalMs: never });
+    // Each time a batch goes to the database, one more quiet alert arrives, as it would
+    // from a steady trickle: the quiet queue is never empty when the slot frees.
+    const quiet: Tracked[] = [];
+    const quietIds = new Set<string>();
+    const kinds: string[] = [];
+    let arrivals = 8;
+    const insert = probe.insertAlerts.bind(probe);
+    probe.insertAlerts = (alerts) => {
+      kinds.push(alerts.every((a) => quietIds.has(a.alertId)) ? "quiet" : "main");
+      if (arrivals-- > 0) {
+        const alert = newAlert();
+        quietIds.add(alert.alertId);
+        quiet.push(track(writer, alert, true));
+      }
+      return insert(alerts);
+    };
+    const busy = Array.from({ length: 6 }, () => track(writer, newAlert()));
+    await Promise.all(busy.map((w) => w.done));
+    // The one slot goes to main and quiet batches in turn, though a quiet alert was
+    // waiting each time it freed: the six busy alerts are stored by the fifth batch.
+    expect(kinds.slice(0, 5)).toEqual(["main", "quiet", "main", "quiet", "main"]);
+    await writer.flush();
+    await Promise.all(quiet.map((w) => w.done));
+    expect(quiet.map((w) => w.settled?.outcome?.status)).toEqual(Array(8).fill("inserted"));
+  });
+
   it("stores an alert_id sent twice in one batch once: the first copy is inserted, the second a duplicate", async () => {
     const { writer, probe, committed } = setup();
     const alert = newAlert();
