@@ -214,12 +214,12 @@ export const settings = {
     1_000_000,
     "Un-ACKed events per agent stream; at the bound the server stops reading that stream until replies go out.",
   ),
-  quietStreamInFlight: integer(
-    "TRIPWIRE_QUIET_STREAM_IN_FLIGHT",
-    16,
+  quietStreamRate: integer(
+    "TRIPWIRE_QUIET_STREAM_RATE",
+    100,
     0,
     1_000_000,
-    "A stream with at most this many events unanswered is quiet: while busier streams' alerts are queued or being committed, its events go out in the next free flush slot in a batch of their own instead of waiting for the busy streams' next batch, so one host's burst does not delay the other hosts' ACKs. 0: off.",
+    "A stream that sent at most this many events in the current and in the last second is quiet: while busier streams' alerts are queued or being committed, its events go out in the next free flush slot in a batch of their own (taking turns with the busy streams' batches) instead of waiting for the busy streams' next batch, so one host's burst does not delay the other hosts' ACKs. 0: off.",
   ),
   replyStallTimeoutMs: integer(
     "TRIPWIRE_REPLY_STALL_TIMEOUT_MS",

@@ -37,7 +37,7 @@ export interface AlertServiceDeps {
   readonly log: Logger;
   readonly limits: ValidationLimits & {
     readonly maxInFlightPerStream: number;
-    readonly quietStreamInFlight: number;
+    readonly quietStreamRate: number;
   };
   /**
    * Aborted when the server begins to shut down: streams stop reading, answer what

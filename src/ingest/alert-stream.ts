@@ -23,7 +23,7 @@ export interface AlertStreamDeps {
   readonly hosts: HostDirectory;
   readonly limits: ValidationLimits & {
     readonly maxInFlightPerStream: number;
-    readonly quietStreamInFlight: number;
+    readonly quietStreamRate: number;
   };
   /** Aborted when the server begins to shut down. */
   readonly shutdown: AbortSignal;
@@ -75,6 +75,10 @@ export class AlertStream {
   readonly #agentHostname: string | undefined;
   #replies: Replies = { alertIds: [], errors: [] };
   #inFlight = 0;
+  /** Events admitted in the current one-second window, from when, and in the one before. */
+  #rateWindowStart = Number.NEGATIVE_INFINITY;
+  #rateCount = 0;
+  #ratePrevious = 0;
   #readerDone = false;
   #readerError: unknown;
   #stoppedByShutdown = false;
@@ -234,10 +238,26 @@ export class AlertStream {
         stats.observeAckLatency((performance.now() - readAtMs) / 1000);
         this.#reply(sentId, undefined);
       },
-      this.#inFlight <= deps.limits.quietStreamInFlight,
+      this.#quiet(readAtMs),
     );
     if (!deps.writer.hasRoom()) return deps.writer.waitForRoom().then(() => this.#afterEvent());
     return this.#afterEvent();
+  }
+
+  /**
+   * Counts one more event in this second's window and says whether the stream is quiet:
+   * at most `quietStreamRate` events in this window and in the one before.
+   */
+  #quiet(nowMs: number): boolean {
+    const limit = this.#deps.limits.quietStreamRate;
+    if (nowMs - this.#rateWindowStart >= 1000) {
+      // The window before counts only if it is the one just ended.
+      this.#ratePrevious = nowMs - this.#rateWindowStart < 2000 ? this.#rateCount : 0;
+      this.#rateWindowStart = nowMs;
+      this.#rateCount = 0;
+    }
+    this.#rateCount++;
+    return this.#rateCount <= limit && this.#ratePrevious <= limit;
   }
 
   /** Whether to read on; waits while the stream has its most events unanswered. */

@@ -21,7 +21,7 @@ describe.each(backends)("quiet streams during a burst [%s]", (kind) => {
     server = await startServer(database, {
       flushIntervalMs: 60_000,
       batchSize: 19,
-      quietStreamInFlight: 1,
+      quietStreamRate: 1,
     });
   });
   afterAll(async () => {
@@ -35,9 +35,8 @@ describe.each(backends)("quiet streams during a burst [%s]", (kind) => {
     const quietHost = await register(client, "quiet-host");
 
     // The busy stream sends 10 events without waiting. Its first finds the writer idle
-    // and queues for the interval; the second (2 unanswered, over the quiet bound of 1)
-    // makes the stream busy, so the quiet one queued before it is committed at once.
-    // From then on the second stays queued, so the stream never has 1 unanswered again.
+    // and queues for the interval; the second (2 in this second, over the quiet rate of
+    // 1/s) makes the stream busy, so the quiet one queued before it is committed at once.
     const busy = eventQueue();
     const busyEvents = Array.from({ length: 10 }, () => makeEvent(busyHost));
     const busyReplies: Reply[] = [];

@@ -145,7 +145,7 @@ describe.each(backends)("StreamAlerts gRPC fast path [%s]", (kind) => {
     const single = await startServer(database, {
       batchSize: 100,
       flushIntervalMs: 60_000,
-      quietStreamInFlight: 0,
+      quietStreamRate: 0,
     });
     try {
       const events = Array.from({ length: 100 }, () => makeEvent(hostId));

@@ -180,7 +180,7 @@ describe.each(backends)("WebSocket delivery [%s]", (kind) => {
     // Quiet streams off: the stream's first events would go ahead in a batch of their own.
     server = await startServer(
       database,
-      { batchSize: 500, flushIntervalMs: 60_000, quietStreamInFlight: 0 },
+      { batchSize: 500, flushIntervalMs: 60_000, quietStreamRate: 0 },
       { store },
     );
     const client = server.grpcClient();
