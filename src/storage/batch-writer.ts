@@ -4,7 +4,7 @@
  * transaction, and each alert's callback runs only after that transaction committed.
  *
  * Quiet streams do not wait behind busy ones. An alert enqueued as `quiet` (its stream
- * has few events unanswered) while the writer holds a busy stream's alerts (queued or
+ * sends few events per second) while the writer holds a busy stream's alerts (queued or
  * being committed) goes to a queue of its own, committed in the next free flush slot
  * ahead of the main queue, in a batch of its own; but never two such batches in a row
  * while the main queue has a batch ready, so quiet alerts that keep coming cannot starve
@@ -124,8 +124,8 @@ export class BatchWriter {
 
   /**
    * Queues one alert; `done` runs after its batch committed or failed. O(1). `quiet`:
-   * its stream has few events unanswered, so it may skip ahead while batches are being
-   * committed (see the class comment).
+   * its stream sends few events per second, so it may skip ahead of busy streams' alerts
+   * (see the class comment).
    */
   enqueue(alert: NewAlert, done: WriteCallback, quiet = false): void {
     if (this.#closed) {
