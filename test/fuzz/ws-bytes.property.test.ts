@@ -12,8 +12,8 @@ import { createHash, randomBytes, randomUUID } from "node:crypto";
 import * as net from "node:net";
 import fc from "fast-check";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import type { AgentEvent } from "../../src/gen/alert/alert_pb.js";
 import { decodeReply, makeEvent, type Reply, register } from "../support/agent.js";
+import { eventQueue } from "../support/agent-stream.js";
 import { backends, createTestDatabase, type TestDatabase } from "../support/databases.js";
 import { type RunningServer, startServer } from "../support/server.js";
 import { connectFeed, connectLive, type FeedClient } from "../support/ws-client.js";
@@ -600,37 +600,20 @@ async function startBystanders(server: RunningServer): Promise<Bystanders> {
   const { client: browser } = await connectLive(server.wsUrl);
   const grpc = server.grpcClient();
   const hostId = await register(grpc, `ws-bystander-${randomUUID().slice(0, 8)}`);
-  const queue: AgentEvent[] = [];
+  const queue = eventQueue();
   const sent: string[] = [];
-  let closed = false;
-  let wake: (() => void) | undefined;
-  const poke = (): void => {
-    const w = wake;
-    wake = undefined;
-    w?.();
-  };
-  async function* events(): AsyncGenerator<AgentEvent> {
-    for (;;) {
-      const next = queue.shift();
-      if (next !== undefined) yield next;
-      else if (closed) return;
-      else await new Promise<void>((resolve) => (wake = resolve));
-    }
-  }
   const replies: Reply[] = [];
   const done = (async () => {
-    for await (const cmd of grpc.streamAlerts(events())) replies.push(decodeReply(cmd));
+    for await (const cmd of grpc.streamAlerts(queue.events)) replies.push(decodeReply(cmd));
   })();
   return {
     tick() {
       const ev = makeEvent(hostId);
       sent.push(ev.alertId);
       queue.push(ev);
-      poke();
     },
     async finish() {
-      closed = true;
-      poke();
+      queue.close();
       await done;
       expect(replies.filter((r) => r.type !== "ACK")).toEqual([]);
       expect(replies).toHaveLength(sent.length);

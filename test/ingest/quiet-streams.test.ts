@@ -40,17 +40,16 @@ describe.each(backends)("quiet streams during a burst [%s]", (kind) => {
     const busy = eventQueue();
     const busyEvents = Array.from({ length: 10 }, () => makeEvent(busyHost));
     const busyReplies: Reply[] = [];
-    const busyDone = (async () => {
-      for await (const cmd of client.streamAlerts(busy.events)) busyReplies.push(decodeReply(cmd));
-    })().catch(() => {});
+    let firstReply: () => void = () => {};
     const first = new Promise<void>((resolve) => {
-      const check = setInterval(() => {
-        if (busyReplies.length >= 1) {
-          clearInterval(check);
-          resolve();
-        }
-      }, 5);
+      firstReply = resolve;
     });
+    const busyDone = (async () => {
+      for await (const cmd of client.streamAlerts(busy.events)) {
+        busyReplies.push(decodeReply(cmd));
+        firstReply();
+      }
+    })().catch(() => {});
     busy.push(...busyEvents);
     await first;
     expect(busyReplies.map((r) => r.alertId)).toEqual([busyEvents[0]?.alertId]);
